@@ -1,0 +1,178 @@
+"""params.yaml, parsed once into typed, frozen, validated sections.
+
+Every stage calls `load_params()`; a mistake anywhere in the file stops the first stage that
+runs with one line naming the key, the value given and what is allowed. This module must not
+import torch: the plot stage uses it and should start fast.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    model_validator,
+)
+
+from torchreg.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+# Hard ceilings that keep a typo like `n_train: 1e12` from reaching an allocation.
+MAX_ROWS = 10**9
+MAX_FEATURES = 4096
+MAX_WIDTH = 65536
+
+
+def _yaml_number(value: Any) -> Any:
+    """PyYAML (YAML 1.1) reads `1e-3` as the string '1e-3'; users mean the number."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
+
+
+def _yaml_integer(value: Any) -> Any:
+    """Accept `1e6` or `1000.0` for a count, but not `0.5` or `true`."""
+    value = _yaml_number(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
+# Strict: `true` is not 1 and `"abc"` is not a number; the before-validators above are the
+# only conversions allowed.
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False), BeforeValidator(_yaml_number)]
+Int = Annotated[int, Strict(), BeforeValidator(_yaml_integer)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    seed: Int = Field(ge=0, lt=2**63)
+    true_w: tuple[Float, ...] = Field(min_length=1, max_length=MAX_FEATURES)
+    true_b: Float
+    n_train: Int = Field(ge=1, le=MAX_ROWS)
+    n_test: Int = Field(ge=1, le=MAX_ROWS)
+    noise_std: Float = Field(ge=0)
+    target: Literal["linear", "quadratic", "sine"]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.true_w)
+
+
+class ModelConfig(_Section):
+    kind: Literal["linear", "mlp"]
+    hidden: tuple[Annotated[Int, Field(ge=1, le=MAX_WIDTH)], ...] = Field(max_length=64)
+    activation: Literal["relu", "sigmoid", "tanh", "none"]
+
+    @model_validator(mode="after")
+    def _mlp_has_layers(self) -> ModelConfig:
+        if self.kind == "mlp" and not self.hidden:
+            raise ValueError("model.hidden is empty: an mlp needs at least one hidden width")
+        return self
+
+
+class TrainConfig(_Section):
+    seed: Int = Field(ge=0, lt=2**63)
+    lr: Float = Field(gt=0)
+    epochs: Int = Field(ge=1, le=10**7)
+    batch_size: Int = Field(ge=1, le=MAX_ROWS)
+    loss: Literal["mae", "mse", "huber"]
+    optimizer: Literal["sgd", "adam"]
+    init_std: Float = Field(ge=0)
+    device: Literal["auto", "cpu", "cuda"]
+
+
+class PlotConfig(_Section):
+    feature: Int = Field(ge=0)
+
+
+class Params(_Section):
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    plot: PlotConfig
+
+    @model_validator(mode="after")
+    def _feature_exists(self) -> Params:
+        n = self.data.n_features
+        if self.plot.feature >= n:
+            raise ValueError(
+                f"plot.feature = {self.plot.feature} is not a feature: "
+                f"allowed 0..{n - 1} (data.true_w has {n} values)"
+            )
+        return self
+
+
+def _where(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(error: dict, source: str) -> str:
+    loc = tuple(p for p in error["loc"] if not str(p).startswith("function-"))
+    key = _where(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent, name = loc[:-1], loc[-1]
+        model = Params
+        for part in parent:
+            model = model.model_fields[part].annotation
+        allowed = ", ".join(model.model_fields)
+        where = f" in {_where(parent)}" if parent else ""
+        return f"{source}: unknown key '{name}'{where} (allowed: {allowed})"
+    if kind == "missing":
+        return f"{source}: {key} is missing"
+    if kind == "value_error":  # our cross-field checks carry their own full message
+        return f"{source}: {error['msg'].removeprefix('Value error, ')}"
+    value = error.get("input")
+    shown = repr(value) if isinstance(value, str) else value
+    return f"{source}: {key} = {shown} is not allowed: {error['msg']}"
+
+
+def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+    """Validate an already-loaded mapping; raise ConfigError with one line per problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, model, train, plot)")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(e, source) for e in exc.errors())) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run from the repository root)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid syntax"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_params(raw, str(path))
+
+
+def noise_floor_mae(noise_std: float) -> float:
+    """E|e| for e ~ N(0, s^2): the best MAE any model can reach on fresh data."""
+    return noise_std * math.sqrt(2 / math.pi)

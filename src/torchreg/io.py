@@ -1,0 +1,83 @@
+"""Atomic, deterministic file writing and small text formats (no torch here).
+
+Every output goes to a temporary file in the same folder and is renamed into place only when
+complete, so an interrupted stage never leaves a half-written file for DVC to cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from torchreg.errors import DataError, UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; move it onto `path` only if the block succeeds."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_tsv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[float]]) -> None:
+    lines = ["\t".join(header)]
+    lines += ["\t".join(_fmt(v) for v in row) for row in rows]
+    write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def _fmt(value: float) -> str:
+    return repr(round(float(value), 7)) if isinstance(value, float) else str(value)
+
+
+def read_tsv(path: str | Path, stage: str) -> dict[str, list[float]]:
+    """Read a numeric TSV into columns; say which stage makes it if it is missing."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: run the {stage} stage first (dvc repro {stage})")
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot be read: {exc}") from None
+    if not rows:
+        raise DataError(f"{path}: has no rows")
+    try:
+        return {k: [float(r[k]) for r in rows] for k in rows[0]}
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: not a numeric table: {exc}") from None
+
+
+def read_json(path: str | Path, stage: str) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: run the {stage} stage first (dvc repro {stage})")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a valid JSON file: {exc}") from None

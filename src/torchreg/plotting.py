@@ -1,0 +1,94 @@
+"""The pictures: matplotlib only (no torch), so the plot stage starts fast.
+
+PNGs are written without the "Software" metadata matplotlib stamps by default, so the same
+data always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen needed; set before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+
+from torchreg.io import write_bytes  # noqa: E402
+
+plt.rcParams.update(
+    {
+        "figure.figsize": (6.4, 4.4),
+        "figure.dpi": 110,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "svg.hashsalt": "torchreg",
+    }
+)
+DATA, MODEL, TRUTH = "#4C72B0", "#DD5555", "#333333"
+
+
+def save(fig: plt.Figure, path: str | Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None}, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+
+
+def fit_figure(pred: dict, curve: dict, feature: int, subtitle: str) -> plt.Figure:
+    """The tutorial's figure: one feature against y, with the model's line through the data."""
+    fig, ax = plt.subplots()
+    x = pred[f"x{feature}"]
+    ax.scatter(x, pred["actual"], s=8, alpha=0.45, color=DATA, label="test data")
+    rows = [i for i, f in enumerate(curve["feature"]) if int(f) == feature]
+    cx = [curve["x"][i] for i in rows]
+    ax.plot(cx, [curve["truth"][i] for i in rows], "--", color=TRUTH, lw=1.2, label="true f")
+    ax.plot(cx, [curve["model"][i] for i in rows], color=MODEL, lw=2, label="model")
+    ax.set(
+        xlabel=f"feature x{feature}",
+        ylabel="y",
+        title=f"y against feature x{feature} (other features held at 0 for the lines)\n{subtitle}",
+    )
+    ax.title.set_fontsize(10)
+    ax.legend(loc="best", frameon=False)
+    return fig
+
+
+def loss_figure(steps: list[float], loss: list[float], loss_name: str, floor: float) -> plt.Figure:
+    fig, ax = plt.subplots()
+    epochs = [s + 1 for s in steps]
+    ax.plot(epochs, loss, color=MODEL, lw=1.5, label=f"training {loss_name} (epoch mean)")
+    if loss_name == "mae" and floor > 0:
+        ax.axhline(floor, color=TRUTH, ls="--", lw=1, label=f"noise floor {floor:.4g}")
+    ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel=f"{loss_name} (log scale)", title="Training loss")
+    ax.legend(loc="best", frameon=False)
+    return fig
+
+
+def predicted_figure(pred: dict, subtitle: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    actual, predicted = pred["actual"], pred["predicted"]
+    lo, hi = min(actual + predicted), max(actual + predicted)
+    ax.plot([lo, hi], [lo, hi], "--", color=TRUTH, lw=1, label="perfect prediction")
+    ax.scatter(actual, predicted, s=8, alpha=0.5, color=DATA, label="test rows")
+    ax.set(xlabel="actual y", ylabel="predicted y", title=f"Predicted vs actual\n{subtitle}")
+    ax.title.set_fontsize(10)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(loc="upper left", frameon=False)
+    return fig
+
+
+def residual_figure(pred: dict, floor: float) -> plt.Figure:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 4.0), width_ratios=[3, 2])
+    residual = pred["residual"]
+    left.scatter(pred["predicted"], residual, s=8, alpha=0.5, color=DATA)
+    left.axhline(0, color=TRUTH, lw=1)
+    left.set(xlabel="predicted y", ylabel="residual (actual - predicted)", title="Residuals")
+    right.hist(residual, bins=40, color=DATA, alpha=0.8, orientation="horizontal")
+    right.set(xlabel="test rows", title=f"Distribution (noise MAE floor {floor:.3g})")
+    right.sharey(left)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,74 @@
+"""Evaluate the trained model against the test set and the closed-form least-squares fit.
+
+Reads:  params.yaml (data.true_w, data.true_b, data.noise_std, data.target),
+        models/model.pt, data/train.npy, data/test.npy
+Writes: metrics/evaluate.json (test.mae, test.rmse, train.mae, reference.test_mae, ...),
+        plots/predictions.tsv (a sample of test rows with predictions),
+        plots/curves.tsv (model and true function along each feature)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from torchreg.cli import run_main
+from torchreg.config import DataConfig, load_params
+from torchreg.data import load_dataset
+from torchreg.errors import DataError
+from torchreg.evaluation import curve_rows, evaluate, prediction_rows
+from torchreg.io import write_json, write_tsv
+from torchreg.model import load_model
+
+log = logging.getLogger("evaluate")
+
+
+def run(
+    cfg: DataConfig, model_path: Path, train_path: Path, test_path: Path, out: dict[str, Path]
+) -> dict:
+    model, _, n_features = load_model(model_path)
+    train, test = load_dataset(train_path), load_dataset(test_path)
+    for path, rows in ((train_path, train), (test_path, test)):
+        if rows.shape[1] - 1 != n_features:
+            raise DataError(
+                f"{path} has {rows.shape[1] - 1} features but {model_path} expects {n_features}: "
+                "rerun the pipeline (dvc repro)"
+            )
+    if n_features != cfg.n_features:
+        raise DataError(
+            f"{model_path} has {n_features} features but data.true_w has {cfg.n_features}: "
+            "rerun the pipeline (dvc repro)"
+        )
+    metrics = evaluate(model, cfg, train, test)
+    # Write the tables first and the metrics last: a complete metrics file marks a complete run.
+    write_tsv(out["predictions"], *prediction_rows(model, test))
+    write_tsv(out["curves"], *curve_rows(model, cfg, test))
+    write_json(out["metrics"], metrics)
+    log.info(
+        "test MAE %.6f (closed-form reference %.6f, noise floor %.6f); train MAE %.6f",
+        metrics["test"]["mae"], metrics["reference"]["test_mae"], metrics["noise_floor_mae"],
+        metrics["train"]["mae"],
+    )
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--train", type=Path, default=Path("data/train.npy"))
+    parser.add_argument("--test", type=Path, default=Path("data/test.npy"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"))
+    parser.add_argument("--predictions", type=Path, default=Path("plots/predictions.tsv"))
+    parser.add_argument("--curves", type=Path, default=Path("plots/curves.tsv"))
+    args = parser.parse_args(argv)
+    out = {"metrics": args.metrics, "predictions": args.predictions, "curves": args.curves}
+    run_main(
+        "evaluate",
+        lambda: run(load_params(args.params).data, args.model, args.train, args.test, out),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Generate the synthetic train and test sets: y = f(x) + N(0, noise_std), x ~ N(0, 1).
+
+Reads:  params.yaml (data.*)
+Writes: data/train.npy, data/test.npy  (float32, rows x (features + 1): the features, then y)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from torchreg.cli import run_main
+from torchreg.config import DataConfig, load_params
+from torchreg.data import check_disk, nbytes, write_dataset
+
+log = logging.getLogger("generate")
+
+
+def run(cfg: DataConfig, train_path: Path, test_path: Path) -> None:
+    sizes = {"train": (train_path, cfg.n_train), "test": (test_path, cfg.n_test)}
+    for folder in {train_path.parent, test_path.parent}:
+        check_disk(folder, sum(nbytes(n, cfg.n_features) for _, n in sizes.values()))
+    for split, (path, rows) in sizes.items():
+        write_dataset(path, cfg, split, rows)
+        log.info("wrote %s: %d rows x %d features (target %s)", path, rows, cfg.n_features, cfg.target)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--train", type=Path, default=Path("data/train.npy"))
+    parser.add_argument("--test", type=Path, default=Path("data/test.npy"))
+    args = parser.parse_args(argv)
+    run_main("generate", lambda: run(load_params(args.params).data, args.train, args.test))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Draw the pictures: the tutorial's feature-vs-y fit, the loss curve, predicted vs actual, and
+the residuals. Uses matplotlib only (no torch), from the tables the other stages wrote.
+
+Reads:  params.yaml (plot.feature, train.loss), dvclive/plots/metrics/train/loss.tsv,
+        plots/predictions.tsv, plots/curves.tsv, metrics/evaluate.json
+Writes: plots/fit.png, plots/loss.png, plots/predicted_vs_actual.png, plots/residuals.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from torchreg.cli import run_main
+from torchreg.config import Params, load_params
+from torchreg.errors import DataError
+from torchreg.io import read_json, read_tsv
+from torchreg.plotting import fit_figure, loss_figure, predicted_figure, residual_figure, save
+
+log = logging.getLogger("plot")
+
+
+def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
+    loss = read_tsv(inputs["loss"], "train")
+    pred = read_tsv(inputs["predictions"], "evaluate")
+    curve = read_tsv(inputs["curves"], "evaluate")
+    metrics = read_json(inputs["metrics"], "evaluate")
+    feature = params.plot.feature
+    if f"x{feature}" not in pred:
+        raise DataError(
+            f"{inputs['predictions']} has no column x{feature}: rerun the pipeline (dvc repro)"
+        )
+    try:
+        floor = metrics["noise_floor_mae"]
+        subtitle = (
+            f"test MAE {metrics['test']['mae']:.4g}, closed-form reference "
+            f"{metrics['reference']['test_mae']:.4g}, noise floor {floor:.3g}"
+        )
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{inputs['metrics']}: missing {exc}: rerun dvc repro evaluate") from None
+    loss_key = next(k for k in loss if k != "step")
+    figures = {
+        "fit.png": fit_figure(pred, curve, feature, subtitle),
+        "loss.png": loss_figure(loss["step"], loss[loss_key], params.train.loss, floor),
+        "predicted_vs_actual.png": predicted_figure(pred, subtitle),
+        "residuals.png": residual_figure(pred, floor),
+    }
+    written = []
+    for name, fig in figures.items():
+        save(fig, out_dir / name)
+        written.append(out_dir / name)
+    log.info("wrote %s", ", ".join(map(str, written)))
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--loss", type=Path, default=Path("dvclive/plots/metrics/train/loss.tsv")
+    )
+    parser.add_argument("--predictions", type=Path, default=Path("plots/predictions.tsv"))
+    parser.add_argument("--curves", type=Path, default=Path("plots/curves.tsv"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"))
+    parser.add_argument("--out-dir", type=Path, default=Path("plots"))
+    args = parser.parse_args(argv)
+    inputs = {
+        "loss": args.loss, "predictions": args.predictions, "curves": args.curves,
+        "metrics": args.metrics,
+    }
+    run_main("plot", lambda: run(load_params(args.params), inputs, args.out_dir))
+
+
+if __name__ == "__main__":
+    main()
