@@ -51,6 +51,7 @@ def log_history(history: list[float], live_dir: Path) -> None:
     so `live_dir` is either the old complete log or the new complete one."""
     live_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=live_dir.parent, prefix=f".{live_dir.name}."))
+    tmp.chmod(live_dir.parent.stat().st_mode & 0o777)  # mkdtemp makes 0700
     try:
         with Live(str(tmp), save_dvc_exp=False, dvcyaml=None, report=None) as live:
             for loss in history:

@@ -96,12 +96,21 @@ def _rounded(obj: object) -> object:
 
 @torch.inference_mode()
 def prediction_rows(model: nn.Module, test: torch.Tensor) -> tuple[list[str], list[list[float]]]:
-    """A sample of the test set with predictions: the rows behind the scatter plots."""
+    """A sample of the test set with predictions: the rows behind the scatter plots.
+
+    `partial_x{j}` is the partial residual of feature j: y minus what the model attributes to
+    the other features, i.e. residual + model(x with every feature but j set to 0). Plotted
+    against x_j it scatters around the model's curve for feature j (exactly so for `linear`).
+    """
     sample = test[:SAMPLE_ROWS]
     x, y = sample[:, :-1], sample[:, -1]
     predicted = model(x)
-    header = [f"x{j}" for j in range(x.shape[1])] + ["actual", "predicted", "residual"]
-    table = torch.cat([x, y[:, None], predicted[:, None], (y - predicted)[:, None]], 1)
+    residual = y - predicted
+    d = x.shape[1]
+    partial = [residual + model(x * (torch.arange(d) == j)) for j in range(d)]
+    header = [f"x{j}" for j in range(d)] + ["actual", "predicted", "residual"]
+    header += [f"partial_x{j}" for j in range(d)]
+    table = torch.cat([x, torch.stack([y, predicted, residual, *partial], 1)], 1)
     return header, table.tolist()
 
 

@@ -38,21 +38,25 @@ def save(fig: plt.Figure, path: str | Path) -> None:
 
 
 def fit_figure(pred: dict, curve: dict, feature: int, subtitle: str) -> plt.Figure:
-    """The tutorial's figure: one feature against y, with the model's line through the data."""
-    fig, ax = plt.subplots()
+    """The tutorial's figure (one feature against y, with the model's line), and beside it the
+    same feature against its partial residual, where the other features' effect is removed."""
+    fig, (raw, partial) = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True)
     x = pred[f"x{feature}"]
-    ax.scatter(x, pred["actual"], s=8, alpha=0.45, color=DATA, label="test data")
     rows = [i for i, f in enumerate(curve["feature"]) if int(f) == feature]
     cx = [curve["x"][i] for i in rows]
-    ax.plot(cx, [curve["truth"][i] for i in rows], "--", color=TRUTH, lw=1.2, label="true f")
-    ax.plot(cx, [curve["model"][i] for i in rows], color=MODEL, lw=2, label="model")
-    ax.set(
-        xlabel=f"feature x{feature}",
-        ylabel="y",
-        title=f"y against feature x{feature} (other features held at 0 for the lines)\n{subtitle}",
-    )
-    ax.title.set_fontsize(10)
-    ax.legend(loc="best", frameon=False)
+    for ax, y, title in (
+        (raw, pred["actual"], "y (other features add spread)"),
+        (partial, pred[f"partial_x{feature}"], "partial residual (other features removed)"),
+    ):
+        ax.scatter(x, y, s=8, alpha=0.4, color=DATA, label="test rows")
+        ax.plot(cx, [curve["model"][i] for i in rows], color=MODEL, lw=2.5, label="model")
+        ax.plot(cx, [curve["truth"][i] for i in rows], "--", color=TRUTH, lw=1.2, label="true f")
+        ax.set(xlabel=f"feature x{feature}", title=title)
+        ax.title.set_fontsize(10)
+    raw.set_ylabel("y")
+    partial.legend(loc="best", frameon=False)
+    fig.suptitle(f"Fit along feature x{feature} (lines: other features at 0)\n{subtitle}", fontsize=11)
+    fig.tight_layout()
     return fig
 
 
@@ -87,7 +91,7 @@ def residual_figure(pred: dict, floor: float) -> plt.Figure:
     left.scatter(pred["predicted"], residual, s=8, alpha=0.5, color=DATA)
     left.axhline(0, color=TRUTH, lw=1)
     left.set(xlabel="predicted y", ylabel="residual (actual - predicted)", title="Residuals")
-    right.hist(residual, bins=40, color=DATA, alpha=0.8, orientation="horizontal")
+    right.hist(residual, bins=25, color=DATA, alpha=0.8, orientation="horizontal")
     right.set(xlabel="test rows", title=f"Distribution (noise MAE floor {floor:.3g})")
     right.sharey(left)
     fig.tight_layout()
