@@ -1,0 +1,79 @@
+"""Shared fixtures: the repo's own params, and a throwaway copy of the repo for dvc runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from torchreg.config import Params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's dvc and python, whatever PATH says
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+}
+
+
+@pytest.fixture
+def raw_params() -> dict:
+    """params.yaml of the repo as a plain dict, to modify per test."""
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture
+def params(raw_params) -> Params:
+    return parse_params(raw_params)
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("DVC_ROOT", None)
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def set_params(repo: Path, **changes: object) -> None:
+    """Set keys like train__epochs=5 in repo/params.yaml."""
+    path = repo / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        section, name = key.split("__")
+        data[section][name] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A fresh git + DVC copy of the tracked files (not the working tree's outputs), with a
+    short training run so end-to-end tests stay fast."""
+    dest = tmp_path / "repo"
+    files = run(["git", "ls-files", "-z"], cwd=ROOT).stdout.split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    # Start from no outputs: the copy must rebuild everything itself.
+    for out in ("dvc.lock", "dvclive", "metrics", "plots"):
+        shutil.rmtree(dest / out, ignore_errors=True) if (dest / out).is_dir() else (
+            dest / out
+        ).unlink(missing_ok=True)
+    set_params(dest, train__epochs=30, train__lr=0.05)
+    run(["git", "init", "-q", "-b", "main"], cwd=dest)
+    run(["git", "add", "-A"], cwd=dest)
+    run(["git", "commit", "-q", "-m", "copy"], cwd=dest)
+    return dest

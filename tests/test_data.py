@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchreg.data import BLOCK_ROWS, load_dataset, make_block, write_dataset
+from torchreg.errors import DataError
+
+
+def test_linear_data_statistics(params):
+    cfg = params.data.model_copy(update={"n_train": 20000})
+    path_rows = make_block(cfg, "train", 0, 20000)
+    x, y = path_rows[:, :-1], path_rows[:, -1]
+    assert x.shape == (20000, 4) and x.dtype == torch.float32
+    assert x.mean(0).abs().max() < 0.03 and (x.std(0) - 1).abs().max() < 0.03
+    noise = y.double() - (x.double() @ torch.tensor(cfg.true_w, dtype=torch.float64) + cfg.true_b)
+    assert noise.std().item() == pytest.approx(cfg.noise_std, rel=0.05)
+    assert noise.mean().abs().item() < 3 * cfg.noise_std / 20000**0.5 + 1e-6
+
+
+def test_same_seed_same_bytes_other_seed_or_split_differs(tmp_path, params):
+    cfg = params.data
+    write_dataset(tmp_path / "a.npy", cfg, "train", 300)
+    write_dataset(tmp_path / "b.npy", cfg, "train", 300)
+    write_dataset(tmp_path / "t.npy", cfg, "test", 300)
+    write_dataset(tmp_path / "s.npy", cfg.model_copy(update={"seed": 1}), "train", 300)
+    a = (tmp_path / "a.npy").read_bytes()
+    assert a == (tmp_path / "b.npy").read_bytes()
+    assert a != (tmp_path / "t.npy").read_bytes()
+    assert a != (tmp_path / "s.npy").read_bytes()
+
+
+def test_full_blocks_do_not_depend_on_total_size(tmp_path, params):
+    """Block seeding: every full block is the same whatever the file's total size."""
+    write_dataset(tmp_path / "one.npy", params.data, "train", BLOCK_ROWS)
+    write_dataset(tmp_path / "more.npy", params.data, "train", BLOCK_ROWS + 10)
+    one, more = np.load(tmp_path / "one.npy"), np.load(tmp_path / "more.npy")
+    assert np.array_equal(one, more[:BLOCK_ROWS])
+    assert not np.array_equal(more[BLOCK_ROWS:], one[:10])
+
+
+def test_nonlinear_targets(params):
+    for target, f in (("quadratic", lambda x: x * x), ("sine", lambda x: torch.sin(2 * x))):
+        cfg = params.data.model_copy(update={"target": target, "noise_std": 0.0})
+        rows = make_block(cfg, "train", 0, 100)
+        expected = f(rows[:, :-1].double()) @ torch.tensor(cfg.true_w, dtype=torch.float64)
+        assert torch.allclose(rows[:, -1].double(), expected + cfg.true_b, atol=1e-5)
+
+
+def test_load_round_trip_is_memory_mapped(tmp_path, params):
+    write_dataset(tmp_path / "d.npy", params.data, "train", 50)
+    rows = load_dataset(tmp_path / "d.npy")
+    assert rows.shape == (50, 5)
+    mapped = [
+        line.split()[0]
+        for line in Path("/proc/self/maps").read_text().splitlines()
+        if line.endswith(str((tmp_path / "d.npy").resolve()))
+    ]
+    ranges = [tuple(int(v, 16) for v in span.split("-")) for span in mapped]
+    assert any(lo <= rows.data_ptr() < hi for lo, hi in ranges), "data was copied, not mapped"
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (b"", "not a valid data file"),
+        (b"\x93NUMPY garbage", "not a valid data file"),
+        (bytes(range(256)) * 4, "not a valid data file"),
+    ],
+)
+def test_bad_data_files(tmp_path, content, expected):
+    (tmp_path / "d.npy").write_bytes(content)
+    with pytest.raises(DataError, match=expected):
+        load_dataset(tmp_path / "d.npy")
+
+
+def test_truncated_and_wrong_shape_and_missing(tmp_path, params):
+    write_dataset(tmp_path / "d.npy", params.data, "train", 500)
+    data = (tmp_path / "d.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.npy: not a valid data file"):
+        load_dataset(tmp_path / "cut.npy")
+    np.save(tmp_path / "vec.npy", np.zeros(5, dtype=np.float32))
+    with pytest.raises(DataError, match="expected a 2-D float32 array"):
+        load_dataset(tmp_path / "vec.npy")
+    with pytest.raises(DataError, match="run the generate stage first"):
+        load_dataset(tmp_path / "none.npy")

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from torchreg.data import make_block, seeded
+from torchreg.evaluation import curve_rows, errors, evaluate, least_squares, prediction_rows
+from torchreg.model import LinearRegression, build_model
+
+
+def test_least_squares_recovers_exact_solution():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, generator=g)
+    w, b = torch.tensor([1.5, -2.0, 0.25]), 0.75
+    rows = torch.cat([x, (x @ w + b)[:, None]], 1)
+    fit = least_squares(rows)
+    assert torch.allclose(fit.w, w, atol=1e-5) and fit.b.item() == pytest.approx(b, abs=1e-5)
+
+
+def test_least_squares_matches_lstsq_on_noisy_data(params):
+    rows = make_block(params.data, "train", 0, 300)
+    design = torch.cat([rows[:, :-1], torch.ones(300, 1)], 1).double()
+    expected = torch.linalg.lstsq(design, rows[:, -1:].double()).solution.squeeze()
+    fit = least_squares(rows)
+    assert torch.allclose(fit.w.double(), expected[:4], atol=1e-5)
+
+
+def test_errors_are_mae_and_rmse():
+    model = LinearRegression(1)
+    rows = torch.tensor([[0.0, 1.0], [0.0, -3.0]])  # model predicts 0
+    assert errors(model, rows) == {"mae": 2.0, "rmse": pytest.approx(5**0.5)}
+
+
+def test_evaluate_reports_weight_errors_and_reference(params):
+    train = make_block(params.data, "train", 0, 500)
+    test = make_block(params.data, "test", 0, 200)
+    model = least_squares(train)
+    metrics = evaluate(model, params.data, train, test)
+    assert metrics["test"]["mae"] == pytest.approx(metrics["reference"]["test_mae"], rel=1e-4)
+    assert metrics["learned"]["w_max_error"] < 0.01 and metrics["learned"]["b_error"] < 0.01
+    assert metrics["noise_floor_mae"] == pytest.approx(0.00797885, rel=1e-5)
+
+
+def test_plot_tables(params):
+    test = make_block(params.data, "test", 0, 50)
+    model = build_model(params.model, 4, 0.01, seeded(0, "init"))
+    header, rows = prediction_rows(model, test)
+    assert header[:7] == ["x0", "x1", "x2", "x3", "actual", "predicted", "residual"]
+    assert len(rows) == 50 and len(rows[0]) == len(header)
+    # linear model: the partial residual of feature j is y - sum_{k != j} w_k x_k
+    w, b = model.w.detach(), model.b.item()
+    x, y = test[:, :4], test[:, 4]
+    expected = y - (x @ w - x[:, 3] * w[3])
+    assert torch.allclose(torch.tensor([r[header.index("partial_x3")] for r in rows]), expected,
+                          atol=1e-4)
+    header, curve = curve_rows(model, params.data, test)
+    assert header == ["feature", "x", "model", "truth"] and len(curve) == 4 * 61
+    f, x0, m, t = curve[3 * 61]
+    assert f == 3 and m == pytest.approx(w[3].item() * x0 + b, abs=1e-5)
+    assert t == pytest.approx(8.1 * 0 + 4.0 * x0 + 1.1, abs=1e-5)

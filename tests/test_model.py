@@ -1,0 +1,97 @@
+import pickle
+
+import pytest
+import torch
+
+from torchreg.data import seeded
+from torchreg.errors import DataError
+from torchreg.model import LinearRegression, build_model, load_model, save_model
+
+
+@pytest.mark.parametrize("kind,hidden", [("linear", ()), ("mlp", (8,)), ("mlp", (16, 4))])
+def test_output_shape(params, kind, hidden):
+    cfg = params.model.model_copy(update={"kind": kind, "hidden": hidden})
+    model = build_model(cfg, 4, 0.01, seeded(0, "init"))
+    assert model(torch.zeros(7, 4)).shape == (7,)
+
+
+def test_linear_model_is_x_at_w_plus_b(params):
+    model = build_model(params.model, 4, 0.01, seeded(0, "init"))
+    assert isinstance(model, LinearRegression)
+    x = torch.randn(5, 4)
+    assert torch.allclose(model(x), x @ model.w + model.b)
+
+
+def test_stacked_linear_layers_collapse_to_one_linear_map(params):
+    """The tutorial's lesson: without an activation, depth adds nothing."""
+    cfg = params.model.model_copy(update={"kind": "mlp", "hidden": (16, 16), "activation": "none"})
+    model = build_model(cfg, 4, 0.01, seeded(0, "init"))
+    x = torch.randn(64, 4)
+    w = torch.linalg.multi_dot([layer.weight for layer in reversed(model.net[::2])]).squeeze(0)
+    with torch.no_grad():
+        b = model(torch.zeros(1, 4))
+        assert torch.allclose(model(x), x @ w + b, atol=1e-5)
+
+
+def test_initialisation_is_seeded(params):
+    a = build_model(params.model, 4, 0.01, seeded(0, "init"))
+    b = build_model(params.model, 4, 0.01, seeded(0, "init"))
+    c = build_model(params.model, 4, 0.01, seeded(1, "init"))
+    assert torch.equal(a.w, b.w) and not torch.equal(a.w, c.w)
+    assert a.w.std().item() == pytest.approx(0.01, rel=0.9)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_round_trip_is_byte_stable(tmp_path, params, kind):
+    cfg = params.model.model_copy(update={"kind": kind})
+    model = build_model(cfg, 4, 0.01, seeded(0, "init"))
+    save_model(tmp_path / "m.pt", model, cfg, 4)
+    save_model(tmp_path / "other-name.pt", model, cfg, 4)
+    assert (tmp_path / "m.pt").read_bytes() == (tmp_path / "other-name.pt").read_bytes()
+    loaded, loaded_cfg, n = load_model(tmp_path / "m.pt")
+    assert loaded_cfg == cfg and n == 4
+    x = torch.randn(10, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_with_code_is_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"state_dict": _Payload(str(marker))}, f)
+    torch.save({"x": _Payload(str(marker))}, tmp_path / "evil_zip.pt")
+    assert not marker.exists()
+    for name in ("evil.pt", "evil_zip.pt"):
+        with pytest.raises(DataError, match=f"{name}: not a valid model file"):
+            load_model(tmp_path / name)
+    assert not marker.exists()
+    # The same files do run code under a plain unpickler: the payload is real.
+    pickle.loads((tmp_path / "evil.pt").read_bytes())
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip", bytes(range(256))])
+def test_bad_model_files(tmp_path, content):
+    (tmp_path / "m.pt").write_bytes(content)
+    with pytest.raises(DataError, match="m.pt: not a valid model file"):
+        load_model(tmp_path / "m.pt")
+
+
+def test_missing_model_says_which_stage(tmp_path):
+    with pytest.raises(DataError, match="run the train stage first"):
+        load_model(tmp_path / "m.pt")
+
+
+def test_inconsistent_model_file(tmp_path, params):
+    torch.save({"format": 1, "config": {"kind": "linear"}, "n_features": 4, "state_dict": {}},
+               tmp_path / "m.pt")
+    with pytest.raises(DataError, match="inconsistent"):
+        load_model(tmp_path / "m.pt")
