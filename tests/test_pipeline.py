@@ -1,0 +1,100 @@
+"""End to end with the real dvc CLI, in a temporary copy of the repo (see conftest.repo)."""
+
+import json
+import sys
+
+import pytest
+import yaml
+
+from conftest import run, set_params
+
+pytestmark = pytest.mark.slow
+
+OUTPUTS = [
+    "data/train.npy", "data/test.npy", "models/model.pt", "dvclive/metrics.json",
+    "dvclive/plots/metrics/train/loss.tsv", "metrics/evaluate.json", "plots/predictions.tsv",
+    "plots/curves.tsv", "plots/fit.png", "plots/loss.png", "plots/predicted_vs_actual.png",
+    "plots/residuals.png",
+]
+
+
+def ran_stages(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def test_repro_builds_everything_then_nothing_then_the_same(repo):
+    first = run(["dvc", "repro"], repo)
+    assert ran_stages(first.stdout) == {"generate", "train", "evaluate", "plot"}
+    for name in OUTPUTS:
+        assert (repo / name).stat().st_size > 0, name
+    lock = (repo / "dvc.lock").read_text()
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert {"test", "train", "reference", "noise_floor_mae"} <= set(metrics)
+
+    second = run(["dvc", "repro"], repo)
+    assert ran_stages(second.stdout) == set()
+    assert "Data and pipelines are up to date" in second.stdout
+
+    run(["dvc", "repro", "-f"], repo)
+    assert (repo / "dvc.lock").read_text() == lock  # same params, same bytes
+
+
+def test_changing_lr_reruns_train_but_not_generate(repo):
+    run(["dvc", "repro"], repo)
+    set_params(repo, train__lr=0.02)
+    again = run(["dvc", "repro"], repo)
+    assert ran_stages(again.stdout) == {"train", "evaluate", "plot"}
+    set_params(repo, plot__feature=0)
+    assert ran_stages(run(["dvc", "repro"], repo).stdout) == {"plot"}
+
+
+def test_experiment_shows_up_with_its_own_metrics(repo):
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "baseline"], repo)
+    run(["dvc", "exp", "run", "-S", "train.lr=0.01", "-n", "slow-lr"], repo)
+    rows = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    baseline = next(r for r in rows if r["name"] == "main")
+    exps = [e for e in baseline["experiments"] or [] if e["name"] == "slow-lr"]
+    assert exps, "experiment missing from dvc exp show"
+    exp = exps[0]["revs"][0]["data"]
+    assert exp["params"]["params.yaml"]["data"]["train"]["lr"] == 0.01
+    exp_mae = exp["metrics"]["metrics/evaluate.json"]["data"]["test"]["mae"]
+    base_mae = baseline["data"]["metrics"]["metrics/evaluate.json"]["data"]["test"]["mae"]
+    assert exp_mae != base_mae
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("train__lr", -1, "train.lr = -1 is not allowed"),
+        ("data__n_train", 0, "data.n_train = 0 is not allowed"),
+        ("plot__feature", 9, "plot.feature = 9 is not a feature"),
+    ],
+)
+def test_bad_param_fails_cleanly_and_writes_nothing(repo, key, value, message):
+    set_params(repo, **{key: value})
+    result = run(["dvc", "repro"], repo, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (repo / "data/train.npy").exists() and not (repo / "models/model.pt").exists()
+
+
+def test_typo_in_section_name_is_refused(repo):
+    data = yaml.safe_load((repo / "params.yaml").read_text())
+    data["trian"] = data.pop("train")
+    (repo / "params.yaml").write_text(yaml.safe_dump(data))
+    result = run([sys.executable, "stages/generate.py"], repo, check=False)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("generate: error: ")
+    assert "params.yaml: unknown key 'trian' (allowed: data, model, train, plot)" in line
+    assert "params.yaml: train is missing" in line
+
+
+def test_stage_without_its_input_says_what_to_run(repo):
+    result = run([sys.executable, "stages/train.py"], repo, check=False)
+    assert result.returncode == 2
+    assert "data/train.npy not found: run the generate stage first" in result.stderr
+    assert "Traceback" not in result.stderr
