@@ -1,7 +1,7 @@
 """Draw the pictures: the tutorial's feature-vs-y fit, the loss curve, predicted vs actual, and
 the residuals. Uses matplotlib only (no torch), from the tables the other stages wrote.
 
-Reads:  params.yaml (plot.feature, train.loss), dvclive/plots/metrics/train/loss.tsv,
+Reads:  params.yaml (plot.feature, train.loss), dvclive/plots/metrics/train_loss.tsv,
         plots/predictions.tsv, plots/curves.tsv, metrics/evaluate.json
 Writes: plots/fit.png, plots/loss.png, plots/predicted_vs_actual.png, plots/residuals.png
 """
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument(
-        "--loss", type=Path, default=Path("dvclive/plots/metrics/train/loss.tsv")
+        "--loss", type=Path, default=Path("dvclive/plots/metrics/train_loss.tsv")
     )
     parser.add_argument("--predictions", type=Path, default=Path("plots/predictions.tsv"))
     parser.add_argument("--curves", type=Path, default=Path("plots/curves.tsv"))

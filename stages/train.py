@@ -2,7 +2,7 @@
 
 Reads:  params.yaml (model.*, train.*), data/train.npy
 Writes: models/model.pt (config + weights, loadable with weights_only=True),
-        dvclive/ (metrics.json with the final train.loss; plots/metrics/train/loss.tsv per epoch)
+        dvclive/ (metrics.json: the final train_loss; plots/metrics/train_loss.tsv: one row per epoch)
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def log_history(history: list[float], live_dir: Path) -> None:
     try:
         with Live(str(tmp), save_dvc_exp=False, dvcyaml=None, report=None) as live:
             for loss in history:
-                live.log_metric("train/loss", loss)
+                live.log_metric("train_loss", loss)
                 live.next_step()
         shutil.rmtree(live_dir, ignore_errors=True)
         os.replace(tmp, live_dir)

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 OUTPUTS = [
     "data/train.npy", "data/test.npy", "models/model.pt", "dvclive/metrics.json",
-    "dvclive/plots/metrics/train/loss.tsv", "metrics/evaluate.json", "plots/predictions.tsv",
+    "dvclive/plots/metrics/train_loss.tsv", "metrics/evaluate.json", "plots/predictions.tsv",
     "plots/curves.tsv", "plots/fit.png", "plots/loss.png", "plots/predicted_vs_actual.png",
     "plots/residuals.png",
 ]
