@@ -24,7 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from torchreg.experiments import dvc, queue, results, run_queue  # noqa: E402
+from torchreg.experiments import queue, results, run_queue  # noqa: E402
 from torchreg.plotting import save  # noqa: E402
 
 SHARED = [
@@ -68,8 +68,11 @@ def curves(rev: str) -> dict[str, list[float]]:
     text = subprocess.run(
         ["git", "show", f"{rev}:plots/curves.tsv"], capture_output=True, text=True, check=True
     ).stdout
-    rows = [r for r in csv.DictReader(io.StringIO(text), delimiter="\t")
-            if int(float(r["feature"])) == FEATURE]
+    rows = [
+        r
+        for r in csv.DictReader(io.StringIO(text), delimiter="\t")
+        if int(float(r["feature"])) == FEATURE
+    ]
     return {k: [float(r[k]) for r in rows] for k in ("x", "model", "truth")}
 
 
@@ -81,8 +84,11 @@ def figure(found: dict) -> plt.Figure:
         truth = c
         left.plot(c["x"], c["model"], lw=2, label=label(found[name]["params"]))
     left.plot(truth["x"], truth["truth"], "k--", lw=1.2, label="true f")
-    left.set(xlabel=f"feature x{FEATURE} (others at 0)", ylabel="y",
-             title="What each model learned along one feature")
+    left.set(
+        xlabel=f"feature x{FEATURE} (others at 0)",
+        ylabel="y",
+        title="What each model learned along one feature",
+    )
     left.legend(frameon=False, fontsize=9)
     names = [label(found[n]["params"]) for n in VARIANTS]
     maes = [found[n]["metrics"]["metrics/evaluate.json"]["test"]["mae"] for n in VARIANTS]
@@ -108,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     found = results(VARIANTS)
     failed = [n for n in VARIANTS if found.get(n, {}).get("state") != "success"]
     if failed:
-        print(f"activations: failed: {', '.join(failed)}; see `dvc queue logs <name>`",
-              file=sys.stderr)
+        print(
+            f"activations: failed: {', '.join(failed)}; see `dvc queue logs <name>`",
+            file=sys.stderr,
+        )
         return 1
 
     md = table(found)
@@ -123,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     block = f"{START}\n{md}\n\n![activations]({args.out_dir.as_posix()}/activations.png)\n{END}"
     args.readme.write_text(re.sub(f"{START}.*?{END}", lambda _: block, readme, flags=re.S))
     print(md)
-    print(f"\n{len(VARIANTS)} experiments in {seconds:.0f} s with {args.jobs} workers; "
-          f"compare them with: dvc exp show; dvc plots diff {' '.join(VARIANTS)}")
+    print(
+        f"\n{len(VARIANTS)} experiments in {seconds:.0f} s with {args.jobs} workers; "
+        f"compare them with: dvc exp show; dvc plots diff {' '.join(VARIANTS)}"
+    )
     return 0
 
 

@@ -13,6 +13,8 @@ import argparse
 import logging
 from pathlib import Path
 
+import torch
+
 from torchreg.cli import run_main
 from torchreg.config import DataConfig, load_params
 from torchreg.data import load_dataset
@@ -28,7 +30,8 @@ def run(
     cfg: DataConfig, model_path: Path, train_path: Path, test_path: Path, out: dict[str, Path]
 ) -> dict:
     model, _, n_features = load_model(model_path)
-    train, test = load_dataset(train_path), load_dataset(test_path)
+    train = torch.from_numpy(load_dataset(train_path))
+    test = torch.from_numpy(load_dataset(test_path))
     for path, rows in ((train_path, train), (test_path, test)):
         if rows.shape[1] - 1 != n_features:
             raise DataError(
@@ -47,7 +50,9 @@ def run(
     write_json(out["metrics"], metrics)
     log.info(
         "test MAE %.6f (closed-form reference %.6f, noise floor %.6f); train MAE %.6f",
-        metrics["test"]["mae"], metrics["reference"]["test_mae"], metrics["noise_floor_mae"],
+        metrics["test"]["mae"],
+        metrics["reference"]["test_mae"],
+        metrics["noise_floor_mae"],
         metrics["train"]["mae"],
     )
     return metrics

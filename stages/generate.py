@@ -23,7 +23,9 @@ def run(cfg: DataConfig, train_path: Path, test_path: Path) -> None:
         check_disk(folder, sum(nbytes(n, cfg.n_features) for _, n in sizes.values()))
     for split, (path, rows) in sizes.items():
         write_dataset(path, cfg, split, rows)
-        log.info("wrote %s: %d rows x %d features (target %s)", path, rows, cfg.n_features, cfg.target)
+        log.info(
+            "wrote %s: %d rows x %d features (target %s)", path, rows, cfg.n_features, cfg.target
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

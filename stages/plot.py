@@ -57,16 +57,16 @@ def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument(
-        "--loss", type=Path, default=Path("dvclive/plots/metrics/train_loss.tsv")
-    )
+    parser.add_argument("--loss", type=Path, default=Path("dvclive/plots/metrics/train_loss.tsv"))
     parser.add_argument("--predictions", type=Path, default=Path("plots/predictions.tsv"))
     parser.add_argument("--curves", type=Path, default=Path("plots/curves.tsv"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"))
     parser.add_argument("--out-dir", type=Path, default=Path("plots"))
     args = parser.parse_args(argv)
     inputs = {
-        "loss": args.loss, "predictions": args.predictions, "curves": args.curves,
+        "loss": args.loss,
+        "predictions": args.predictions,
+        "curves": args.curves,
         "metrics": args.metrics,
     }
     run_main("plot", lambda: run(load_params(args.params), inputs, args.out_dir))

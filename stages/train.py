@@ -2,7 +2,8 @@
 
 Reads:  params.yaml (model.*, train.*), data/train.npy
 Writes: models/model.pt (config + weights, loadable with weights_only=True),
-        dvclive/ (metrics.json: the final train_loss; plots/metrics/train_loss.tsv: one row per epoch)
+        dvclive/metrics.json (the final train_loss),
+        dvclive/plots/metrics/train_loss.tsv (one row per epoch)
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from dvclive import Live
 
 from torchreg.cli import run_main
 from torchreg.config import Params, load_params
-from torchreg.data import load_dataset, seeded
+from torchreg.data import load_dataset
 from torchreg.model import build_model, save_model
-from torchreg.training import fit, resolve_device
+from torchreg.training import fit, resolve_device, seeded
 
 log = logging.getLogger("train")
 
@@ -28,7 +30,7 @@ log = logging.getLogger("train")
 def run(params: Params, data_path: Path, model_path: Path, live_dir: Path) -> list[float]:
     cfg = params.train
     device = resolve_device(cfg.device)
-    rows = load_dataset(data_path)
+    rows = torch.from_numpy(load_dataset(data_path))
     n_features = rows.shape[1] - 1
     model = build_model(params.model, n_features, cfg.init_std, seeded(cfg.seed, "init"))
     model.to(device)
@@ -36,8 +38,14 @@ def run(params: Params, data_path: Path, model_path: Path, live_dir: Path) -> li
         rows = rows.to(device)
     log.info(
         "%s model, %s loss, %s (lr %g), %d epochs of %d rows in batches of %d on %s",
-        params.model.kind, cfg.loss, cfg.optimizer, cfg.lr, cfg.epochs, len(rows),
-        cfg.batch_size, device,
+        params.model.kind,
+        cfg.loss,
+        cfg.optimizer,
+        cfg.lr,
+        cfg.epochs,
+        len(rows),
+        cfg.batch_size,
+        device,
     )
     history = fit(model, rows, cfg, seeded(cfg.seed, "shuffle"))
     log_history(history, live_dir)
@@ -54,9 +62,10 @@ def log_history(history: list[float], live_dir: Path) -> None:
     tmp.chmod(live_dir.parent.stat().st_mode & 0o777)  # mkdtemp makes 0700
     try:
         with Live(str(tmp), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-            for loss in history:
+            # Setting the step directly: next_step() rereads the whole history every call.
+            for epoch, loss in enumerate(history):
+                live.step = epoch
                 live.log_metric("train_loss", loss)
-                live.next_step()
         shutil.rmtree(live_dir, ignore_errors=True)
         os.replace(tmp, live_dir)
     finally:

@@ -10,13 +10,14 @@ from torchreg.errors import DataError
 
 def test_linear_data_statistics(params):
     cfg = params.data.model_copy(update={"n_train": 20000})
-    path_rows = make_block(cfg, "train", 0, 20000)
-    x, y = path_rows[:, :-1], path_rows[:, -1]
-    assert x.shape == (20000, 4) and x.dtype == torch.float32
-    assert x.mean(0).abs().max() < 0.03 and (x.std(0) - 1).abs().max() < 0.03
-    noise = y.double() - (x.double() @ torch.tensor(cfg.true_w, dtype=torch.float64) + cfg.true_b)
-    assert noise.std().item() == pytest.approx(cfg.noise_std, rel=0.05)
-    assert noise.mean().abs().item() < 3 * cfg.noise_std / 20000**0.5 + 1e-6
+    rows = make_block(cfg, "train", 0, 20000)
+    x, y = rows[:, :-1], rows[:, -1]
+    assert x.shape == (20000, 4) and x.dtype == np.float32
+    assert np.abs(x.mean(0)).max() < 0.03 and np.abs(x.std(0) - 1).max() < 0.03
+    noise = y.astype(np.float64) - (x.astype(np.float64) @ np.array(cfg.true_w) + cfg.true_b)
+    # y is stored in float32: rounding (~1e-6 at |y| ~ 20) is far below the noise
+    assert noise.std() == pytest.approx(cfg.noise_std, rel=0.05)
+    assert abs(noise.mean()) < 4 * cfg.noise_std / 20000**0.5
 
 
 def test_same_seed_same_bytes_other_seed_or_split_differs(tmp_path, params):
@@ -41,16 +42,16 @@ def test_full_blocks_do_not_depend_on_total_size(tmp_path, params):
 
 
 def test_nonlinear_targets(params):
-    for target, f in (("quadratic", lambda x: x * x), ("sine", lambda x: torch.sin(2 * x))):
+    for target, f in (("quadratic", lambda x: x * x), ("sine", lambda x: np.sin(2 * x))):
         cfg = params.data.model_copy(update={"target": target, "noise_std": 0.0})
         rows = make_block(cfg, "train", 0, 100)
-        expected = f(rows[:, :-1].double()) @ torch.tensor(cfg.true_w, dtype=torch.float64)
-        assert torch.allclose(rows[:, -1].double(), expected + cfg.true_b, atol=1e-5)
+        expected = f(rows[:, :-1].astype(np.float64)) @ np.array(cfg.true_w) + cfg.true_b
+        assert np.allclose(rows[:, -1], expected, atol=1e-5)
 
 
 def test_load_round_trip_is_memory_mapped(tmp_path, params):
     write_dataset(tmp_path / "d.npy", params.data, "train", 50)
-    rows = load_dataset(tmp_path / "d.npy")
+    rows = torch.from_numpy(load_dataset(tmp_path / "d.npy"))
     assert rows.shape == (50, 5)
     mapped = [
         line.split()[0]

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from torchreg.data import make_block, seeded
+from torchreg.data import make_block
 from torchreg.evaluation import curve_rows, errors, evaluate, least_squares, prediction_rows
 from torchreg.model import LinearRegression, build_model
+from torchreg.training import seeded
 
 
 def test_least_squares_recovers_exact_solution():
@@ -16,7 +17,7 @@ def test_least_squares_recovers_exact_solution():
 
 
 def test_least_squares_matches_lstsq_on_noisy_data(params):
-    rows = make_block(params.data, "train", 0, 300)
+    rows = torch.from_numpy(make_block(params.data, "train", 0, 300))
     design = torch.cat([rows[:, :-1], torch.ones(300, 1)], 1).double()
     expected = torch.linalg.lstsq(design, rows[:, -1:].double()).solution.squeeze()
     fit = least_squares(rows)
@@ -30,8 +31,8 @@ def test_errors_are_mae_and_rmse():
 
 
 def test_evaluate_reports_weight_errors_and_reference(params):
-    train = make_block(params.data, "train", 0, 500)
-    test = make_block(params.data, "test", 0, 200)
+    train = torch.from_numpy(make_block(params.data, "train", 0, 500))
+    test = torch.from_numpy(make_block(params.data, "test", 0, 200))
     model = least_squares(train)
     metrics = evaluate(model, params.data, train, test)
     assert metrics["test"]["mae"] == pytest.approx(metrics["reference"]["test_mae"], rel=1e-4)
@@ -40,7 +41,7 @@ def test_evaluate_reports_weight_errors_and_reference(params):
 
 
 def test_plot_tables(params):
-    test = make_block(params.data, "test", 0, 50)
+    test = torch.from_numpy(make_block(params.data, "test", 0, 50))
     model = build_model(params.model, 4, 0.01, seeded(0, "init"))
     header, rows = prediction_rows(model, test)
     assert header[:7] == ["x0", "x1", "x2", "x3", "actual", "predicted", "residual"]
@@ -49,8 +50,9 @@ def test_plot_tables(params):
     w, b = model.w.detach(), model.b.item()
     x, y = test[:, :4], test[:, 4]
     expected = y - (x @ w - x[:, 3] * w[3])
-    assert torch.allclose(torch.tensor([r[header.index("partial_x3")] for r in rows]), expected,
-                          atol=1e-4)
+    assert torch.allclose(
+        torch.tensor([r[header.index("partial_x3")] for r in rows]), expected, atol=1e-4
+    )
     header, curve = curve_rows(model, params.data, test)
     assert header == ["feature", "x", "model", "truth"] and len(curve) == 4 * 61
     f, x0, m, t = curve[3 * 61]

@@ -43,8 +43,21 @@ def test_grid_sweep_in_parallel_with_one_failure(repo):
     run(["git", "commit", "-q", "-m", "baseline"], repo)
     sets = [a for k, v in GRID.items() for a in ("-S", f"{k}={','.join(v)}")]
     run(["dvc", "exp", "run", "--queue", *sets], repo)
-    run(["dvc", "exp", "run", "--queue", "-n", "diverges", "-S", "train.lr=1e6",
-         "-S", "train.loss=mse"], repo)
+    run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "--queue",
+            "-n",
+            "diverges",
+            "-S",
+            "train.lr=1e6",
+            "-S",
+            "train.loss=mse",
+        ],
+        repo,
+    )
     run(["dvc", "queue", "start", "-j", "2"], repo)
     wait_for_queue(repo)
 
@@ -99,8 +112,11 @@ def test_activation_lesson_script(repo):
     run(["dvc", "repro"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "baseline"], repo)
-    result = run([sys.executable, str(ROOT / "experiments/activations.py"), "--epochs", "3"],
-                 repo, timeout=600)
+    result = run(
+        [sys.executable, str(ROOT / "experiments/activations.py"), "--epochs", "3"],
+        repo,
+        timeout=600,
+    )
     assert "| mlp none |" in result.stdout and "| mlp relu |" in result.stdout
     assert (repo / "docs/activations.png").stat().st_size > 10_000
     readme = (repo / "README.md").read_text()

@@ -3,9 +3,9 @@ import pickle
 import pytest
 import torch
 
-from torchreg.data import seeded
 from torchreg.errors import DataError
 from torchreg.model import LinearRegression, build_model, load_model, save_model
+from torchreg.training import seeded
 
 
 @pytest.mark.parametrize("kind,hidden", [("linear", ()), ("mlp", (8,)), ("mlp", (16, 4))])
@@ -91,7 +91,9 @@ def test_missing_model_says_which_stage(tmp_path):
 
 
 def test_inconsistent_model_file(tmp_path, params):
-    torch.save({"format": 1, "config": {"kind": "linear"}, "n_features": 4, "state_dict": {}},
-               tmp_path / "m.pt")
+    torch.save(
+        {"format": 1, "config": {"kind": "linear"}, "n_features": 4, "state_dict": {}},
+        tmp_path / "m.pt",
+    )
     with pytest.raises(DataError, match="inconsistent"):
         load_model(tmp_path / "m.pt")

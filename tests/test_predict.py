@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from torchreg.data import seeded
 from torchreg.errors import DataError
 from torchreg.model import build_model, save_model
 from torchreg.predict import run
+from torchreg.training import seeded
 
 
 @pytest.fixture

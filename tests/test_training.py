@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from torchreg.data import make_block, seeded
+from torchreg.data import make_block
 from torchreg.errors import DivergenceError
 from torchreg.model import build_model
-from torchreg.training import LOSSES, fit, uses_fast_path
+from torchreg.training import LOSSES, fit, seeded, uses_fast_path
 
 
 def train_rows(params, n=500):
-    return make_block(params.data.model_copy(update={"n_train": n}), "train", 0, n)
+    return torch.from_numpy(make_block(params.data, "train", 0, n))
 
 
 def trained(params, rows, fast=None, **train_changes):
@@ -57,7 +57,7 @@ def test_losses_are_the_textbook_formulas():
 
 def test_mlp_with_adam_learns_a_nonlinear_target(params):
     data = params.data.model_copy(update={"target": "quadratic"})
-    rows = make_block(data, "train", 0, 1000)
+    rows = torch.from_numpy(make_block(data, "train", 0, 1000))
     mlp = params.model.model_copy(update={"kind": "mlp", "hidden": (32,), "activation": "relu"})
     cfg = params.train.model_copy(update={"optimizer": "adam", "lr": 0.01, "epochs": 40})
     model = build_model(mlp, 4, cfg.init_std, seeded(0, "init"))

@@ -4,6 +4,9 @@ A data file is one float32 array of shape (rows, features + 1): the features, th
 written in fixed blocks of BLOCK_ROWS rows, each drawn from its own generator seeded by
 (data.seed, split, block), so memory stays flat however many rows are asked for and the bytes
 depend only on the params. Files are read memory-mapped: nothing is copied until used.
+
+This module uses NumPy, not torch: the generate stage does not need torch, and importing it
+would cost the stage most of its run time. Callers wrap the arrays with torch.from_numpy.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from torchreg.config import DataConfig
 from torchreg.errors import DataError
@@ -23,32 +25,33 @@ from torchreg.io import atomic_path
 BLOCK_ROWS = 65536
 
 # y = f(x) before noise; `linear` is the tutorial's x @ w + b, the others need a hidden layer.
-TARGETS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+TARGETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "linear": lambda x: x,
     "quadratic": lambda x: x * x,
-    "sine": lambda x: torch.sin(2 * x),
+    "sine": lambda x: np.sin(2 * x),
 }
 
 
-def seeded(seed: int, *stream: object) -> torch.Generator:
-    """A generator for one named stream of one seed; streams never share draws."""
+def stream_seed(seed: int, *stream: object) -> int:
+    """A 63-bit seed for one named stream of one seed; streams never share draws."""
     digest = hashlib.sha256("/".join(map(str, (seed, *stream))).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
-def true_function(cfg: DataConfig, x: torch.Tensor) -> torch.Tensor:
-    """The noise-free target, computed in float64 so the bytes do not depend on BLAS threads."""
-    w = torch.tensor(cfg.true_w, dtype=torch.float64)
-    return TARGETS[cfg.target](x.double()) @ w + cfg.true_b
+def true_function(cfg: DataConfig, x: np.ndarray) -> np.ndarray:
+    """The noise-free target, in float64 with an explicit sum so no BLAS threading is involved."""
+    fx = TARGETS[cfg.target](np.asarray(x, dtype=np.float64))
+    return (fx * np.asarray(cfg.true_w)).sum(axis=1) + cfg.true_b
 
 
-def make_block(cfg: DataConfig, split: str, block: int, rows: int) -> torch.Tensor:
-    """Rows of one block as a (rows, features + 1) float32 tensor."""
-    g = seeded(cfg.seed, split, block)
-    x = torch.randn(rows, cfg.n_features, generator=g)
-    noise = torch.randn(rows, generator=g, dtype=torch.float64) * cfg.noise_std
-    y = true_function(cfg, x) + noise
-    return torch.cat([x, y.float().unsqueeze(1)], dim=1)
+def make_block(cfg: DataConfig, split: str, block: int, rows: int) -> np.ndarray:
+    """Rows of one block as a (rows, features + 1) float32 array."""
+    rng = np.random.Generator(np.random.PCG64(stream_seed(cfg.seed, split, block)))
+    out = np.empty((rows, cfg.n_features + 1), dtype=np.float32)
+    out[:, :-1] = rng.standard_normal((rows, cfg.n_features), dtype=np.float32)
+    noise = rng.standard_normal(rows) * cfg.noise_std
+    out[:, -1] = true_function(cfg, out[:, :-1]) + noise
+    return out
 
 
 def nbytes(rows: int, n_features: int) -> int:
@@ -73,37 +76,31 @@ def write_dataset(path: str | Path, cfg: DataConfig, split: str, rows: int) -> N
         )
         for block, start in enumerate(range(0, rows, BLOCK_ROWS)):
             n = min(BLOCK_ROWS, rows - start)
-            out[start : start + n] = make_block(cfg, split, block, n).numpy()
+            out[start : start + n] = make_block(cfg, split, block, n)
         out.flush()
         del out
 
 
-def load_dataset(path: str | Path) -> torch.Tensor:
-    """Memory-map a data file as a (rows, features + 1) tensor, checking what it holds."""
+def load_dataset(path: str | Path) -> np.ndarray:
+    """Memory-map a data file as a (rows, features + 1) array, checking what it holds."""
     path = Path(path)
     try:
         # mode "c" (copy-on-write) gives a writable view without reading the file.
         array = np.load(path, mmap_mode="c", allow_pickle=False)
     except FileNotFoundError:
-        raise DataError(f"{path} not found: run the generate stage first (dvc repro generate)")
+        raise DataError(
+            f"{path} not found: run the generate stage first (dvc repro generate)"
+        ) from None
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a valid data file ({exc})") from None
     if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.ndim != 2:
         raise DataError(f"{path}: expected a 2-D float32 array, got {_describe(array)}")
     if array.shape[0] < 1 or array.shape[1] < 2:
         raise DataError(f"{path}: expected at least 1 row and 2 columns, got {array.shape}")
-    return torch.from_numpy(array)
+    return array
 
 
 def _describe(array: object) -> str:
     if isinstance(array, np.ndarray):
         return f"{array.dtype} array of shape {array.shape}"
     return type(array).__name__
-
-
-def features(rows: torch.Tensor) -> torch.Tensor:
-    return rows[:, :-1]
-
-
-def targets(rows: torch.Tensor) -> torch.Tensor:
-    return rows[:, -1]

@@ -58,9 +58,7 @@ def least_squares(rows: torch.Tensor) -> LinearRegression:
     return reference
 
 
-def evaluate(
-    model: nn.Module, cfg: DataConfig, train: torch.Tensor, test: torch.Tensor
-) -> dict:
+def evaluate(model: nn.Module, cfg: DataConfig, train: torch.Tensor, test: torch.Tensor) -> dict:
     """All metrics, nested so `dvc exp show` shows columns like test.mae and train.mae."""
     reference = least_squares(train)
     test_err = errors(model, test)
@@ -129,6 +127,7 @@ def curve_rows(
         grid = torch.linspace(lo, hi, CURVE_POINTS)
         x = torch.zeros(CURVE_POINTS, d)
         x[:, j] = grid
-        model_y, true_y = model(x), true_function(cfg, x)
-        table += [[j, g, m, t] for g, m, t in zip(grid.tolist(), model_y.tolist(), true_y.tolist(), strict=True)]
+        model_y, true_y = model(x), true_function(cfg, x.numpy())
+        points = zip(grid.tolist(), model_y.tolist(), true_y.tolist(), strict=True)
+        table += [[j, g, m, t] for g, m, t in points]
     return ["feature", "x", "model", "truth"], table

@@ -69,7 +69,9 @@ def read_tsv(path: str | Path, stage: str) -> dict[str, list[float]]:
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
     except FileNotFoundError:
-        raise DataError(f"{path} not found: run the {stage} stage first (dvc repro {stage})")
+        raise DataError(
+            f"{path} not found: run the {stage} stage first (dvc repro {stage})"
+        ) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot be read: {exc}") from None
     if not rows:
@@ -85,6 +87,8 @@ def read_json(path: str | Path, stage: str) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"{path} not found: run the {stage} stage first (dvc repro {stage})")
+        raise DataError(
+            f"{path} not found: run the {stage} stage first (dvc repro {stage})"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not a valid JSON file: {exc}") from None

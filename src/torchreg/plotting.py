@@ -55,7 +55,8 @@ def fit_figure(pred: dict, curve: dict, feature: int, subtitle: str) -> plt.Figu
         ax.title.set_fontsize(10)
     raw.set_ylabel("y")
     partial.legend(loc="best", frameon=False)
-    fig.suptitle(f"Fit along feature x{feature} (lines: other features at 0)\n{subtitle}", fontsize=11)
+    title = f"Fit along feature x{feature} (lines: other features at 0)\n{subtitle}"
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from torchreg.config import TrainConfig
+from torchreg.data import stream_seed
 from torchreg.errors import ConfigError, DivergenceError
 from torchreg.model import LinearRegression
 
@@ -32,6 +33,11 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mse": F.mse_loss,
     "huber": lambda pred, y: F.huber_loss(pred, y, delta=HUBER_DELTA),
 }
+
+
+def seeded(seed: int, *stream: object) -> torch.Generator:
+    """A torch generator for one named stream of one seed (e.g. "init", "shuffle")."""
+    return torch.Generator().manual_seed(stream_seed(seed, *stream))
 
 
 def resolve_device(name: str) -> torch.device:
