@@ -1,8 +1,8 @@
 """Mini-batch training: the tutorial's loop, done right and kept lean.
 
 Each epoch draws a fresh permutation from a seeded generator and walks it in batches of
-`train.batch_size` (the last batch may be smaller, as in the tutorial). Rows are gathered per
-batch, so the data is never copied as a whole.
+`train.batch_size` (the last batch may be smaller, as in the tutorial). Rows are gathered in
+chunks of CHUNK_ROWS, so the data is never copied as a whole.
 
 The linear model with plain SGD takes a fast path with the gradient written out by hand
 (no autograd graph per step); tests check it against the general autograd path.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from torchreg.model import LinearRegression
 log = logging.getLogger(__name__)
 
 HUBER_DELTA = 1.0
+CHUNK_ROWS = 1 << 16  # rows gathered at once: one gather per epoch for small data
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mae": F.l1_loss,
     "mse": F.mse_loss,
@@ -86,17 +87,16 @@ def fit(
     """
     device = next(model.parameters()).device
     fast = uses_fast_path(model, cfg) if fast is None else fast
-    step = _fast_sgd_step(model, cfg) if fast else _autograd_step(model, cfg)
-    n, d = rows.shape[0], rows.shape[1] - 1
+    step, finish = _fast_sgd(model, cfg) if fast else (_autograd_step(model, cfg), None)
+    n = rows.shape[0]
     history: list[float] = []
     bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not sys.stderr.isatty())
     every = max(1, cfg.epochs // 10)
     for epoch in bar:
         order = torch.randperm(n, generator=generator)
         total = torch.zeros((), dtype=torch.float64, device=device)
-        for start in range(0, n, cfg.batch_size):
-            batch = rows[order[start : start + cfg.batch_size]].to(device, non_blocking=True)
-            total += step(batch[:, :d], batch[:, d])
+        for x, y in _batches(rows, order, cfg.batch_size, device, bias_column=fast):
+            step(x, y, total)
         loss = total.item() / n
         if not math.isfinite(loss):
             raise DivergenceError(
@@ -108,7 +108,31 @@ def fit(
             log.info("epoch %d/%d  loss %.6f", epoch + 1, cfg.epochs, loss)
         elif not bar.disable:
             bar.set_postfix(loss=f"{loss:.6f}", refresh=False)
+    if finish:
+        finish()
     return history
+
+
+def _batches(
+    rows: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    bias_column: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) for each batch of `order`. Rows are gathered a chunk at a time (one gather per
+    epoch for small data, bounded memory for large), then batches are views of the chunk.
+    With bias_column, x gets a trailing column of ones, so x @ [w, b] = x @ w + b."""
+    d = rows.shape[1] - 1
+    chunk = max(1, CHUNK_ROWS // batch_size) * batch_size
+    width = d + 1 if bias_column else d
+    for start in range(0, len(order), chunk):
+        block = rows[order[start : start + chunk]].to(device, non_blocking=True)
+        if bias_column:
+            ones = torch.ones(len(block), 1, dtype=block.dtype, device=device)
+            block = torch.cat([block[:, :d], ones, block[:, d:]], dim=1)
+        for batch in block.split(batch_size):
+            yield batch[:, :width], batch[:, width]
 
 
 def _autograd_step(model: nn.Module, cfg: TrainConfig) -> Callable:
@@ -116,29 +140,33 @@ def _autograd_step(model: nn.Module, cfg: TrainConfig) -> Callable:
     optimizer_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam
     optimizer = optimizer_cls(model.parameters(), lr=cfg.lr)
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def step(x: torch.Tensor, y: torch.Tensor, total: torch.Tensor) -> None:
         loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return loss.detach() * len(y)
+        total.add_(loss.detach(), alpha=len(y))  # sum of per-row losses, no sync
 
     return step
 
 
-def _fast_sgd_step(model: nn.Module, cfg: TrainConfig) -> Callable:
-    """SGD on x @ w + b with the gradient of the batch-mean loss written out:
-    dL/dw = x.T @ g / m and dL/db = sum(g) / m, where g = dloss/dprediction per row."""
-    w, b = model.w.detach(), model.b.detach()
+def _fast_sgd(model: LinearRegression, cfg: TrainConfig) -> tuple[Callable, Callable]:
+    """SGD on x @ w + b with the gradient of the batch-mean loss written out. With the bias
+    folded into one vector wb = [w, b] and x carrying a column of ones:
+    dL/dwb = x.T @ g / m, where g = dloss/dprediction per row. Returns (step, finish):
+    finish copies wb back into the model."""
+    wb = torch.cat([model.w.detach(), model.b.detach().reshape(1)])
     lr, loss = cfg.lr, cfg.loss
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        residual = torch.addmv(y, x, w, beta=-1).add_(b)  # x @ w + b - y
+    def step(x: torch.Tensor, y: torch.Tensor, total: torch.Tensor) -> None:
+        residual = torch.addmv(y, x, wb, beta=-1)  # x @ w + b - y
         grad = _loss_grad(loss, residual)
-        total = _loss_sum(loss, residual, grad)
-        scale = lr / len(y)
-        w.addmv_(x.T, grad, alpha=-scale)
-        b.sub_(grad.sum(), alpha=scale)
-        return total
+        wb.addmv_(x.T, grad, alpha=-lr / len(y))
+        total.add_(_loss_sum(loss, residual, grad))
 
-    return step
+    def finish() -> None:
+        with torch.no_grad():
+            model.w.copy_(wb[:-1])
+            model.b.copy_(wb[-1])
+
+    return step, finish
