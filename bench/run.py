@@ -73,7 +73,7 @@ def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
 _WAIT = """
 import os, subprocess, sys, time
 start = time.perf_counter()
-proc = subprocess.Popen(sys.argv[1:])
+proc = subprocess.Popen(sys.argv[1:], stdout=sys.stderr)
 _, status, usage = os.wait4(proc.pid, 0)
 print(time.perf_counter() - start, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status))
 """
