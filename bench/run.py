@@ -354,7 +354,7 @@ def bench_sweep(table: Table, repeats: int, work: Path, epochs: int | None) -> N
         for _ in range(repeats):
             for jobs in (1, 2):
                 queue(grid)
-                timings[jobs].append(run_queue(jobs, poll_s=0.25))
+                timings[jobs].append(run_queue(jobs))
     finally:
         os.chdir(old)
     one, two = statistics.median(timings[1]), statistics.median(timings[2])

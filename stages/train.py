@@ -21,6 +21,7 @@ from dvclive import Live
 from torchreg.cli import run_main
 from torchreg.config import Params, load_params
 from torchreg.data import load_dataset
+from torchreg.errors import UserError
 from torchreg.model import build_model, save_model
 from torchreg.training import fit, resolve_device, seeded
 
@@ -57,9 +58,14 @@ def run(params: Params, data_path: Path, model_path: Path, live_dir: Path) -> li
 def log_history(history: list[float], live_dir: Path) -> None:
     """Log the per-epoch loss with DVCLive into a temporary folder, then swap it into place,
     so `live_dir` is either the old complete log or the new complete one."""
-    live_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=live_dir.parent, prefix=f".{live_dir.name}."))
-    tmp.chmod(live_dir.parent.stat().st_mode & 0o777)  # mkdtemp makes 0700
+    try:
+        live_dir.parent.mkdir(parents=True, exist_ok=True)
+        for stale in live_dir.parent.glob(f".{live_dir.name}.*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=live_dir.parent, prefix=f".{live_dir.name}."))
+        tmp.chmod(live_dir.parent.stat().st_mode & 0o777)  # mkdtemp makes 0700
+    except OSError as exc:
+        raise UserError(f"cannot write {live_dir}: {exc.strerror or exc}") from None
     try:
         with Live(str(tmp), save_dvc_exp=False, dvcyaml=None, report=None) as live:
             # Setting the step directly: next_step() rereads the whole history every call.

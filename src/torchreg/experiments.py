@@ -27,8 +27,12 @@ def queue(experiments: Mapping[str, Iterable[str]], shared: Iterable[str] = ()) 
         dvc("exp", "run", "--queue", "--name", name, *sets)
 
 
-def run_queue(jobs: int, poll_s: float = 1.0) -> float:
-    """Start `jobs` workers and wait until nothing is queued or running; return the wall time."""
+def run_queue(jobs: int, poll_s: float = 2.0) -> float:
+    """Start `jobs` workers and wait until nothing is queued or running; return the wall time.
+
+    Each `dvc queue status` costs about half a CPU-second: polling faster would steal a core
+    from the workers on a small machine.
+    """
     start = time.perf_counter()
     dvc("queue", "start", "--jobs", str(jobs))
     while True:

@@ -28,6 +28,9 @@ from torchreg.model import LinearRegression
 log = logging.getLogger(__name__)
 
 HUBER_DELTA = 1.0
+# An epoch whose mean loss exceeds this many times the untrained model's loss has diverged:
+# with MAE a too-large lr makes the weights swing wildly without ever reaching inf.
+DIVERGENCE_FACTOR = 1e3
 CHUNK_ROWS = 1 << 16  # rows gathered at once: one gather per epoch for small data
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mae": F.l1_loss,
@@ -83,12 +86,14 @@ def fit(
 ) -> list[float]:
     """Train `model` in place on rows (features, then y); return the mean loss of each epoch.
 
-    Raises DivergenceError as soon as an epoch's loss is NaN or infinite.
+    Raises DivergenceError as soon as an epoch's loss is NaN, infinite or over
+    DIVERGENCE_FACTOR times the untrained model's.
     """
     device = next(model.parameters()).device
     fast = uses_fast_path(model, cfg) if fast is None else fast
     step, finish = _fast_sgd(model, cfg) if fast else (_autograd_step(model, cfg), None)
     n = rows.shape[0]
+    limit = DIVERGENCE_FACTOR * max(_initial_loss(model, rows, cfg.loss, device), 1e-6)
     history: list[float] = []
     bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not sys.stderr.isatty())
     every = max(1, cfg.epochs // 10)
@@ -98,9 +103,17 @@ def fit(
         for x, y in _batches(rows, order, cfg.batch_size, device, bias_column=fast):
             step(x, y, total)
         loss = total.item() / n
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) or loss > limit:
+            what = (
+                f"became {loss}"
+                if not math.isfinite(loss)
+                else (
+                    f"grew to {loss:.4g}, over {DIVERGENCE_FACTOR:g}x the untrained model's "
+                    f"{limit / DIVERGENCE_FACTOR:.4g}"
+                )
+            )
             raise DivergenceError(
-                f"training diverged at epoch {epoch + 1}: the loss became {loss} with "
+                f"training diverged at epoch {epoch + 1}: the loss {what} with "
                 f"train.lr = {cfg.lr:g}; try a smaller train.lr (e.g. {cfg.lr / 10:g})"
             )
         history.append(loss)
@@ -111,6 +124,13 @@ def fit(
     if finish:
         finish()
     return history
+
+
+@torch.no_grad()
+def _initial_loss(model: nn.Module, rows: torch.Tensor, loss: str, device: torch.device) -> float:
+    """The untrained model's loss on the first rows: the yardstick for divergence."""
+    sample = rows[:CHUNK_ROWS].to(device)
+    return LOSSES[loss](model(sample[:, :-1]), sample[:, -1]).item()
 
 
 def _batches(
