@@ -17,9 +17,9 @@ import torch
 
 from torchreg.cli import run_main
 from torchreg.config import DataConfig, load_params
-from torchreg.data import load_dataset
+from torchreg.data import DataFile
 from torchreg.errors import DataError
-from torchreg.evaluation import curve_rows, evaluate, prediction_rows
+from torchreg.evaluation import SAMPLE_ROWS, curve_rows, evaluate, prediction_rows
 from torchreg.io import write_json, write_tsv
 from torchreg.model import load_model
 
@@ -30,12 +30,11 @@ def run(
     cfg: DataConfig, model_path: Path, train_path: Path, test_path: Path, out: dict[str, Path]
 ) -> dict:
     model, _, n_features = load_model(model_path)
-    train = torch.from_numpy(load_dataset(train_path))
-    test = torch.from_numpy(load_dataset(test_path))
+    train, test = DataFile(train_path), DataFile(test_path)  # read a chunk at a time
     for path, rows in ((train_path, train), (test_path, test)):
-        if rows.shape[1] - 1 != n_features:
+        if rows.n_features != n_features:
             raise DataError(
-                f"{path} has {rows.shape[1] - 1} features but {model_path} expects {n_features}: "
+                f"{path} has {rows.n_features} features but {model_path} expects {n_features}: "
                 "rerun the pipeline (dvc repro)"
             )
     if n_features != cfg.n_features:
@@ -45,8 +44,9 @@ def run(
         )
     metrics = evaluate(model, cfg, train, test)
     # Write the tables first and the metrics last: a complete metrics file marks a complete run.
-    write_tsv(out["predictions"], *prediction_rows(model, test))
-    write_tsv(out["curves"], *curve_rows(model, cfg, test))
+    sample = torch.from_numpy(test.read(0, SAMPLE_ROWS))
+    write_tsv(out["predictions"], *prediction_rows(model, sample))
+    write_tsv(out["curves"], *curve_rows(model, cfg, sample))
     write_json(out["metrics"], metrics)
     log.info(
         "test MAE %.6f (closed-form reference %.6f, noise floor %.6f); train MAE %.6f",

@@ -94,6 +94,7 @@ class TrainConfig(_Section):
     optimizer: Literal["sgd", "adam"]
     init_std: Float = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
+    nproc: Int = Field(ge=1, le=1024)
 
 
 class PlotConfig(_Section):
@@ -135,7 +136,7 @@ def _describe(error: dict, source: str) -> str:
             model = model.model_fields[part].annotation
         allowed = ", ".join(model.model_fields)
         where = f" in {_where(parent)}" if parent else ""
-        return f"{source}: unknown key '{name}'{where} (allowed: {allowed})"
+        return f"{source}: unknown key {name!r}{where} (allowed: {allowed})"
     if kind == "missing":
         return f"{source}: {key} is missing"
     if kind == "value_error":  # our cross-field checks carry their own full message
@@ -152,7 +153,9 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError("; ".join(_describe(e, source) for e in exc.errors())) from None
+        message = "; ".join(_describe(e, source) for e in exc.errors())
+        # One line, whatever odd characters a key holds.
+        raise ConfigError(message.replace("\r", "\\r").replace("\n", "\\n")) from None
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:

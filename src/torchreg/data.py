@@ -3,7 +3,8 @@
 A data file is one float32 array of shape (rows, features + 1): the features, then y. It is
 written in fixed blocks of BLOCK_ROWS rows, each drawn from its own generator seeded by
 (data.seed, split, block), so memory stays flat however many rows are asked for and the bytes
-depend only on the params. Files are read memory-mapped: nothing is copied until used.
+depend only on the params. Files are read a range of rows at a time (DataFile), so memory
+does not grow with the number of rows.
 
 This module uses NumPy, not torch: the generate stage does not need torch, and importing it
 would cost the stage most of its run time. Callers wrap the arrays with torch.from_numpy.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,34 +71,61 @@ def check_disk(folder: Path, needed: int) -> None:
 
 
 def write_dataset(path: str | Path, cfg: DataConfig, split: str, rows: int) -> None:
-    with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype="<f4", shape=(rows, cfg.n_features + 1)
-        )
+    """Write the .npy header, then the blocks one after another: memory stays at one block."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (rows, cfg.n_features + 1)}
+        np.lib.format.write_array_header_1_0(f, header)
         for block, start in enumerate(range(0, rows, BLOCK_ROWS)):
-            n = min(BLOCK_ROWS, rows - start)
-            out[start : start + n] = make_block(cfg, split, block, n)
-        out.flush()
-        del out
+            make_block(cfg, split, block, min(BLOCK_ROWS, rows - start)).tofile(f)
+
+
+class DataFile:
+    """A data file, checked on open and read in row ranges: a range is read into memory only
+    when asked for, so a pass over a file larger than memory keeps memory flat."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            # Parses and checks the header; mapping maps nothing into memory until touched.
+            array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise DataError(
+                f"{self.path} not found: run the generate stage first (dvc repro generate)"
+            ) from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"{self.path}: not a valid data file ({exc})") from None
+        if not isinstance(array, np.memmap) or array.dtype != np.float32 or array.ndim != 2:
+            raise DataError(f"{self.path}: expected a 2-D float32 array, got {_describe(array)}")
+        if array.shape[0] < 1 or array.shape[1] < 2 or not array.flags.c_contiguous:
+            raise DataError(
+                f"{self.path}: expected at least 1 row and 2 columns, got {array.shape}"
+            )
+        self.rows, self.columns = array.shape
+        self._offset = array.offset
+        del array
+
+    @property
+    def n_features(self) -> int:
+        return self.columns - 1
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) as a new (rows, features + 1) float32 array."""
+        stop = self.rows if stop is None else min(stop, self.rows)
+        out = np.empty((max(stop - start, 0), self.columns), dtype=np.float32)
+        with self.path.open("rb") as f:
+            f.seek(self._offset + start * self.columns * 4)
+            if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise DataError(f"{self.path}: file is shorter than its header says")
+        return out
+
+    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+        for start in range(0, self.rows, rows):
+            yield self.read(start, start + rows)
 
 
 def load_dataset(path: str | Path) -> np.ndarray:
-    """Memory-map a data file as a (rows, features + 1) array, checking what it holds."""
-    path = Path(path)
-    try:
-        # mode "c" (copy-on-write) gives a writable view without reading the file.
-        array = np.load(path, mmap_mode="c", allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(
-            f"{path} not found: run the generate stage first (dvc repro generate)"
-        ) from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a valid data file ({exc})") from None
-    if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D float32 array, got {_describe(array)}")
-    if array.shape[0] < 1 or array.shape[1] < 2:
-        raise DataError(f"{path}: expected at least 1 row and 2 columns, got {array.shape}")
-    return array
+    """A whole (small) data file in memory, checked."""
+    return DataFile(path).read()
 
 
 def _describe(array: object) -> str:

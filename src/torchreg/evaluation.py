@@ -6,11 +6,13 @@ copied whole.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 from torchreg.config import DataConfig, noise_floor_mae
-from torchreg.data import true_function
+from torchreg.data import DataFile, true_function
 from torchreg.model import LinearRegression
 
 CHUNK_ROWS = 1 << 18
@@ -23,31 +25,42 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([model(x[i : i + CHUNK_ROWS]) for i in range(0, len(x), CHUNK_ROWS)])
 
 
+Rows = torch.Tensor | DataFile
+
+
+def chunks(rows: Rows) -> Iterator[torch.Tensor]:
+    """Rows in chunks of CHUNK_ROWS, from memory or read from a file one chunk at a time."""
+    if isinstance(rows, torch.Tensor):
+        yield from rows.split(CHUNK_ROWS)
+    else:
+        yield from (torch.from_numpy(block) for block in rows.blocks(CHUNK_ROWS))
+
+
 @torch.inference_mode()
-def errors(model: nn.Module, rows: torch.Tensor) -> dict[str, float]:
+def errors(model: nn.Module, rows: Rows) -> dict[str, float]:
     """MAE and RMSE of `model` on rows (features, then y), summed in float64."""
     abs_sum = sq_sum = 0.0
-    for i in range(0, len(rows), CHUNK_ROWS):
-        chunk = rows[i : i + CHUNK_ROWS]
+    n = 0
+    for chunk in chunks(rows):
         r = (model(chunk[:, :-1]) - chunk[:, -1]).double()
         abs_sum += r.abs().sum().item()
         sq_sum += (r * r).sum().item()
-    n = len(rows)
+        n += len(chunk)
     return {"mae": abs_sum / n, "rmse": (sq_sum / n) ** 0.5}
 
 
 @torch.inference_mode()
-def least_squares(rows: torch.Tensor) -> LinearRegression:
+def least_squares(rows: Rows) -> LinearRegression:
     """The best linear fit in the squared-error sense, from the normal equations in float64.
 
     Accumulating X'X chunk by chunk keeps memory flat; in float64 this is as accurate as a QR
     solve for the well-conditioned designs here.
     """
-    d = rows.shape[1] - 1
+    d = (rows.shape[1] if isinstance(rows, torch.Tensor) else rows.columns) - 1
     gram = torch.zeros(d + 1, d + 1, dtype=torch.float64)
     moment = torch.zeros(d + 1, dtype=torch.float64)
-    for i in range(0, len(rows), CHUNK_ROWS):
-        chunk = rows[i : i + CHUNK_ROWS].double()
+    for chunk in chunks(rows):
+        chunk = chunk.double()
         design = torch.cat([chunk[:, :-1], torch.ones(len(chunk), 1, dtype=torch.float64)], 1)
         gram += design.T @ design
         moment += design.T @ chunk[:, -1]
@@ -58,7 +71,7 @@ def least_squares(rows: torch.Tensor) -> LinearRegression:
     return reference
 
 
-def evaluate(model: nn.Module, cfg: DataConfig, train: torch.Tensor, test: torch.Tensor) -> dict:
+def evaluate(model: nn.Module, cfg: DataConfig, train: Rows, test: Rows) -> dict:
     """All metrics, nested so `dvc exp show` shows columns like test.mae and train.mae."""
     reference = least_squares(train)
     test_err = errors(model, test)

@@ -16,12 +16,13 @@ import sys
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from torchreg.config import TrainConfig
-from torchreg.data import stream_seed
+from torchreg.data import DataFile, stream_seed
 from torchreg.errors import ConfigError, DivergenceError
 from torchreg.model import LinearRegression
 
@@ -32,10 +33,13 @@ HUBER_DELTA = 1.0
 # with MAE a too-large lr makes the weights swing wildly without ever reaching inf.
 DIVERGENCE_FACTOR = 1e3
 CHUNK_ROWS = 1 << 16  # rows gathered at once: one gather per epoch for small data
+WINDOW_BYTES = 256 << 20  # rows in memory at once when training from a file
+# Each returns the SUM of per-row losses: batches are averaged by the caller, which knows the
+# size of the global batch when it is split across ranks.
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "mae": F.l1_loss,
-    "mse": F.mse_loss,
-    "huber": lambda pred, y: F.huber_loss(pred, y, delta=HUBER_DELTA),
+    "mae": lambda pred, y: F.l1_loss(pred, y, reduction="sum"),
+    "mse": lambda pred, y: F.mse_loss(pred, y, reduction="sum"),
+    "huber": lambda pred, y: F.huber_loss(pred, y, reduction="sum", delta=HUBER_DELTA),
 }
 
 
@@ -77,32 +81,78 @@ def uses_fast_path(model: nn.Module, cfg: TrainConfig) -> bool:
     return isinstance(model, LinearRegression) and cfg.optimizer == "sgd"
 
 
+class Rows:
+    """Training rows as windows of at most `window` rows: the whole tensor when it is in memory,
+    or ranges read from a DataFile one at a time (memory stays at one window)."""
+
+    def __init__(self, source: torch.Tensor | DataFile, window: int, device: torch.device) -> None:
+        self.source = source
+        self.count = source.shape[0] if isinstance(source, torch.Tensor) else source.rows
+        self.window = window
+        self.windows = -(-self.count // window)
+        self.device = device
+        self._whole: torch.Tensor | None = None
+        if isinstance(source, torch.Tensor):
+            self._whole = source.to(device) if self.windows == 1 else source
+
+    def get(self, i: int) -> torch.Tensor:
+        if self._whole is not None:
+            return self._whole[i * self.window : (i + 1) * self.window]
+        block = torch.from_numpy(self.source.read(i * self.window, (i + 1) * self.window))
+        if self.windows == 1:
+            self._whole = block = block.to(self.device)  # small data: read once, keep
+        return block
+
+
 def fit(
     model: nn.Module,
-    rows: torch.Tensor,
+    rows: torch.Tensor | DataFile,
     cfg: TrainConfig,
     generator: torch.Generator,
     fast: bool | None = None,
 ) -> list[float]:
     """Train `model` in place on rows (features, then y); return the mean loss of each epoch.
 
+    Each epoch visits the windows of WINDOW_BYTES in a random order and each window's rows in a
+    random order; data that fits one window (the usual case) gets one global permutation.
+    Under torch.distributed (torchrun), every rank walks the same permutation and takes its
+    own disjoint share of each global batch of `train.batch_size` rows; gradients are averaged
+    by DistributedDataParallel so the update equals the single-process one.
+
     Raises DivergenceError as soon as an epoch's loss is NaN, infinite or over
     DIVERGENCE_FACTOR times the untrained model's.
     """
     device = next(model.parameters()).device
-    fast = uses_fast_path(model, cfg) if fast is None else fast
-    step, finish = _fast_sgd(model, cfg) if fast else (_autograd_step(model, cfg), None)
-    n = rows.shape[0]
-    limit = DIVERGENCE_FACTOR * max(_initial_loss(model, rows, cfg.loss, device), 1e-6)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+    fast = (uses_fast_path(model, cfg) and world == 1) if fast is None else fast
+    columns = rows.shape[1] if isinstance(rows, torch.Tensor) else rows.columns
+    source = Rows(rows, window_rows(cfg.batch_size, columns), device)
+    limit = DIVERGENCE_FACTOR * max(_initial_loss(model, source.get(0), cfg.loss, device), 1e-6)
+    if fast:
+        step, finish = _fast_sgd(model, cfg)
+    else:
+        if world > 1:
+            model = nn.parallel.DistributedDataParallel(model)
+        step, finish = _autograd_step(model, cfg, world), None
     history: list[float] = []
-    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not sys.stderr.isatty())
+    show_bar = sys.stderr.isatty() and rank == 0
+    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not show_bar)
     every = max(1, cfg.epochs // 10)
     for epoch in bar:
-        order = torch.randperm(n, generator=generator)
         total = torch.zeros((), dtype=torch.float64, device=device)
-        for x, y in _batches(rows, order, cfg.batch_size, device, bias_column=fast):
-            step(x, y, total)
-        loss = total.item() / n
+        windows = (
+            torch.randperm(source.windows, generator=generator).tolist()
+            if source.windows > 1
+            else [0]
+        )
+        for w in windows:
+            block = source.get(w)
+            order = torch.randperm(len(block), generator=generator)
+            for x, y, m in _batches(block, order, cfg.batch_size, device, fast, rank, world):
+                step(x, y, m, total)
+        if world > 1:
+            dist.all_reduce(total)
+        loss = total.item() / source.count
         if not math.isfinite(loss) or loss > limit:
             what = (
                 f"became {loss}"
@@ -117,7 +167,7 @@ def fit(
                 f"train.lr = {cfg.lr:g}; try a smaller train.lr (e.g. {cfg.lr / 10:g})"
             )
         history.append(loss)
-        if bar.disable and ((epoch + 1) % every == 0 or epoch == 0):
+        if bar.disable and rank == 0 and ((epoch + 1) % every == 0 or epoch == 0):
             log.info("epoch %d/%d  loss %.6f", epoch + 1, cfg.epochs, loss)
         elif not bar.disable:
             bar.set_postfix(loss=f"{loss:.6f}", refresh=False)
@@ -126,11 +176,21 @@ def fit(
     return history
 
 
+def window_rows(batch_size: int, columns: int) -> int:
+    """Rows per window: about WINDOW_BYTES, a whole number of batches."""
+    rows = max(1, WINDOW_BYTES // (columns * 4))
+    return max(1, rows // batch_size) * batch_size
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 @torch.no_grad()
 def _initial_loss(model: nn.Module, rows: torch.Tensor, loss: str, device: torch.device) -> float:
-    """The untrained model's loss on the first rows: the yardstick for divergence."""
+    """The untrained model's mean loss on the first rows: the yardstick for divergence."""
     sample = rows[:CHUNK_ROWS].to(device)
-    return LOSSES[loss](model(sample[:, :-1]), sample[:, -1]).item()
+    return LOSSES[loss](model(sample[:, :-1]), sample[:, -1]).item() / len(sample)
 
 
 def _batches(
@@ -139,10 +199,16 @@ def _batches(
     batch_size: int,
     device: torch.device,
     bias_column: bool,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) for each batch of `order`. Rows are gathered a chunk at a time (one gather per
-    epoch for small data, bounded memory for large), then batches are views of the chunk.
-    With bias_column, x gets a trailing column of ones, so x @ [w, b] = x @ w + b."""
+    rank: int = 0,
+    world: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(x, y, rows in the global batch) for this rank's share of each batch of `order`.
+
+    Rows are gathered a chunk at a time (one gather per window for small data, bounded memory
+    for large), then batches are views of the chunk. With bias_column, x gets a trailing
+    column of ones, so x @ [w, b] = x @ w + b. With several ranks, rank r takes rows r, r+W,
+    r+2W... of each global batch.
+    """
     d = rows.shape[1] - 1
     chunk = max(1, CHUNK_ROWS // batch_size) * batch_size
     width = d + 1 if bias_column else d
@@ -152,20 +218,23 @@ def _batches(
             ones = torch.ones(len(block), 1, dtype=block.dtype, device=device)
             block = torch.cat([block[:, :d], ones, block[:, d:]], dim=1)
         for batch in block.split(batch_size):
-            yield batch[:, :width], batch[:, width]
+            mine = batch[rank::world] if world > 1 else batch
+            yield mine[:, :width], mine[:, width], len(batch)
 
 
-def _autograd_step(model: nn.Module, cfg: TrainConfig) -> Callable:
+def _autograd_step(model: nn.Module, cfg: TrainConfig, world: int = 1) -> Callable:
     loss_fn = LOSSES[cfg.loss]
     optimizer_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam
     optimizer = optimizer_cls(model.parameters(), lr=cfg.lr)
 
-    def step(x: torch.Tensor, y: torch.Tensor, total: torch.Tensor) -> None:
-        loss = loss_fn(model(x), y)
+    def step(x: torch.Tensor, y: torch.Tensor, m: int, total: torch.Tensor) -> None:
+        loss_sum = loss_fn(model(x), y)
+        # The batch mean over all ranks: DDP averages the ranks' gradients, hence * world.
+        loss = loss_sum * (world / m) if world > 1 else loss_sum / m
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total.add_(loss.detach(), alpha=len(y))  # sum of per-row losses, no sync
+        total.add_(loss_sum.detach())  # sum of per-row losses, no sync
 
     return step
 
@@ -178,10 +247,10 @@ def _fast_sgd(model: LinearRegression, cfg: TrainConfig) -> tuple[Callable, Call
     wb = torch.cat([model.w.detach(), model.b.detach().reshape(1)])
     lr, loss = cfg.lr, cfg.loss
 
-    def step(x: torch.Tensor, y: torch.Tensor, total: torch.Tensor) -> None:
+    def step(x: torch.Tensor, y: torch.Tensor, m: int, total: torch.Tensor) -> None:
         residual = torch.addmv(y, x, wb, beta=-1)  # x @ w + b - y
         grad = _loss_grad(loss, residual)
-        wb.addmv_(x.T, grad, alpha=-lr / len(y))
+        wb.addmv_(x.T, grad, alpha=-lr / m)
         total.add_(_loss_sum(loss, residual, grad))
 
     def finish() -> None:
