@@ -163,12 +163,14 @@ def test_killed_while_writing_keeps_the_old_output(repo, sig):
     old = (repo / "data/train.npy").read_bytes()
     set_params(repo, data__n_train=30_000_000)  # ~600 MB: seconds of writing
     proc = start(repo, "generate")
+
     def tmp_files():
         return [
             p
             for p in (repo / "data").glob(".train.npy.*.tmp")  # noqa: E731
             if p.stat().st_size > 0
         ]
+
     wait_for(lambda: tmp_files() or proc.poll() is not None, what="generate to start writing")
     assert proc.poll() is None, "generate finished before it could be interrupted"
     proc.send_signal(sig)

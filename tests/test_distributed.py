@@ -1,0 +1,163 @@
+"""Data-parallel training with torchrun (gloo on CPU), on one "node" and on two."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import set_params
+
+pytestmark = pytest.mark.slow
+
+# 2 processes vs 1 differ only in float32 summation order (gradients averaged across ranks):
+# after 20 epochs the weights agree to this absolute tolerance.
+TOLERANCE = 1e-4
+
+
+def env(**extra) -> dict:
+    return {**os.environ, "PYTHONPATH": "src", "TORCHREG_DIST_TIMEOUT_S": "10", **extra}
+
+
+def train(repo: Path, *args: str, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "stages/train.py", *args],
+        cwd=repo,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def data_repo(repo):
+    set_params(repo, train__epochs=20, train__lr=0.05, model__kind="mlp", model__hidden=[8])
+    subprocess.run(
+        [sys.executable, "stages/generate.py"], cwd=repo, env=env(), check=True, capture_output=True
+    )
+    return repo
+
+
+def test_two_processes_match_one_and_repeat_exactly(data_repo):
+    assert train(data_repo, "--model", "one.pt").returncode == 0
+    set_params(data_repo, train__nproc=2)
+    runs = [train(data_repo, "--model", f"two-{i}.pt", "--live-dir", f"live{i}") for i in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    one, two = weights(data_repo / "one.pt"), weights(data_repo / "two-0.pt")
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=TOLERANCE, rtol=0), name
+    assert (data_repo / "two-0.pt").read_bytes() == (data_repo / "two-1.pt").read_bytes()
+    # only rank 0 wrote: one loss log, one metrics file
+    assert (data_repo / "live0/metrics.json").exists()
+    assert "x 2" in runs[0].stderr  # the log line names the world size
+
+
+def torchrun(repo: Path, port: int, nnodes: int, nproc: int, *args: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--rdzv-id=test-job",
+        "--max-restarts=0",
+        "stages/train.py",
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def test_two_nodes_equal_one_node_with_two_processes(data_repo, tmp_path):
+    one_node = torchrun(data_repo, free_port(), 1, 2, "--model", "node1.pt")
+    assert one_node.wait(timeout=120) == 0, one_node.stdout.read()
+    port = free_port()
+    nodes = [
+        torchrun(data_repo, port, 2, 1, "--model", "node2.pt", "--live-dir", f"l{i}")
+        for i in range(2)
+    ]
+    for node in nodes:
+        assert node.wait(timeout=120) == 0, node.stdout.read()
+    a, b = weights(data_repo / "node1.pt"), weights(data_repo / "node2.pt")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    with socket.socket() as s:  # the rendezvous port was released
+        s.bind(("127.0.0.1", port))
+
+
+def rank_pid(rank: int) -> int | None:
+    """The pid of the launched training process with RANK=rank (via /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        launched = any(v.startswith(b"TORCHELASTIC_RUN_ID=") for v in environ)
+        if b"stages/train.py" in cmdline and launched and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def test_a_killed_rank_fails_the_stage_promptly(data_repo):
+    set_params(data_repo, train__nproc=2, train__epochs=100_000)
+    proc = subprocess.Popen(
+        [sys.executable, "stages/train.py"],
+        cwd=data_repo,
+        env=env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        victim = rank_pid(1)
+        time.sleep(0.2)
+    assert victim, "rank 1 never started"
+    time.sleep(1.0)  # let it get into training
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - killed < 15
+    assert proc.returncode == 2
+    assert stderr.strip().splitlines()[-1] == (
+        "train: error: rank 1 of 2 was killed by signal 9; the others were stopped"
+    )
+    assert "Traceback" not in stderr
+    assert not (data_repo / "models/model.pt").exists()
+
+
+def test_bad_input_on_one_node_fails_both_promptly(data_repo, tmp_path):
+    other = tmp_path / "other-node"
+    subprocess.run(["cp", "-r", str(data_repo), str(other)], check=True)
+    (other / "data/train.npy").write_bytes(b"not a data file")
+    port = free_port()
+    start = time.monotonic()
+    nodes = [torchrun(data_repo, port, 2, 1), torchrun(other, port, 2, 1)]
+    outputs = [node.communicate(timeout=120)[0] for node in nodes]
+    assert all(node.returncode != 0 for node in nodes)
+    assert time.monotonic() - start < 60  # the 10 s peer timeout, not the 30 min default
+    assert any("data/train.npy: not a valid data file" in out for out in outputs)
+    assert not (data_repo / "models/model.pt").exists()
+    assert not (other / "models/model.pt").exists()
