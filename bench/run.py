@@ -39,7 +39,7 @@ from torchreg.model import LinearRegression, build_model  # noqa: E402
 from torchreg.training import fit, seeded  # noqa: E402
 
 BIN = Path(sys.executable).parent
-SECTIONS = ("loop", "pipeline", "noop", "scale", "sweep")
+SECTIONS = ("loop", "pipeline", "noop", "scale", "huge", "ddp", "sweep")
 MAE_SEEDS = (0, 1, 2, 3, 4)
 
 
@@ -333,6 +333,77 @@ def bench_scale(table: Table, repeats: int, work: Path, sizes: list[int]) -> Non
         )
 
 
+# --- 6. data larger than memory, and data parallelism -----------------------------------
+
+
+def bench_huge(table: Table, repeats: int, work: Path, sizes: list[int]) -> None:
+    """Peak memory per stage must not grow with the number of rows."""
+    repo = fresh_copy(work / "huge")
+    peaks: dict[str, list[int]] = {"generate": [], "train": [], "evaluate": []}
+    for n in sizes:
+        set_params(repo, data__n_train=n, train__batch_size=65536, train__epochs=1)
+        runs = [
+            {
+                stage: measured(
+                    [sys.executable, f"stages/{stage}.py"],
+                    repo,
+                    {"PYTHONPATH": "src", "TORCHREG_LOG_LEVEL": "WARNING"},
+                )
+                for stage in peaks
+            }
+            for _ in range(repeats)
+        ]
+        size = (repo / "data/train.npy").stat().st_size
+        for stage in peaks:
+            secs = statistics.median(r[stage][0] for r in runs)
+            rss = max(r[stage][1] for r in runs)
+            peaks[stage].append(rss)
+            table.add(
+                f"{n:,} rows x 4 ({size / 2**30:.2f} GiB), batch 65536, 1 epoch: {stage}",
+                f"{secs:.1f} s, peak RSS {rss / 2**20:.0f} MiB",
+            )
+    for stage, (small, big) in peaks.items():
+        growth = big / small
+        table.add(
+            f"peak RSS {sizes[0]:,} -> {sizes[1]:,} rows: {stage}",
+            f"{growth:.2f}x",
+            "flat (<= 1.1x)",
+            growth <= 1.1,
+        )
+    shutil.rmtree(repo / "data", ignore_errors=True)
+
+
+def bench_ddp(table: Table, repeats: int, work: Path, rows: int) -> None:
+    """The train stage with 1 and 2 processes, where compute dominates and where it does not."""
+    repo = fresh_copy(work / "ddp")
+    cases = {
+        f"mlp [256, 256], {rows:,} rows, batch 4096, 1 epoch": dict(
+            data__n_train=rows,
+            model__kind="mlp",
+            model__hidden=[256, 256],
+            train__batch_size=4096,
+            train__epochs=1,
+            train__optimizer="adam",
+        ),
+        "linear, default params (500 rows, batch 16, 1000 epochs)": {},
+    }
+    for name, changes in cases.items():
+        subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=repo, check=True)
+        set_params(repo, **changes)
+        measured([sys.executable, "stages/generate.py"], repo, {"PYTHONPATH": "src"})
+        times = {}
+        for nproc in (1, 2):
+            set_params(repo, train__nproc=nproc)
+            times[nproc] = statistics.median(
+                measured([sys.executable, "stages/train.py"], repo, {"PYTHONPATH": "src"})[0]
+                for _ in range(repeats)
+            )
+        table.add(
+            f"train stage, {name}: 1 vs 2 processes",
+            f"{times[1]:.1f} s vs {times[2]:.1f} s = {times[2] / times[1]:.2f}x",
+        )
+
+
 # --- 5. sweeps ---------------------------------------------------------------------------------
 
 
@@ -388,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
         if "scale" in sections:
             sizes = [10_000, 100_000] if args.quick else [1_000_000, 10_000_000]
             bench_scale(table, min(repeats, 3), work, sizes)
+        if "huge" in sections:
+            sizes = [100_000, 1_000_000] if args.quick else [10_000_000, 100_000_000]
+            bench_huge(table, min(repeats, 3), work, sizes)
+        if "ddp" in sections:
+            bench_ddp(table, repeats, work, rows=20_000 if args.quick else 1_000_000)
         if "sweep" in sections:
             bench_sweep(table, repeats, work, epochs=5 if args.quick else None)
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
