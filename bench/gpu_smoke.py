@@ -8,6 +8,7 @@ device, the times and the metrics side by side. The metrics should agree to floa
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,11 +38,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repo = fresh_copy(Path(tmp) / "repo")
         for name, changes in CASES.items():
-            subprocess_params = dict(changes)
-            set_params(repo, **subprocess_params)
+            subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=repo, check=True)
+            set_params(repo, **changes)
             measured([sys.executable, "stages/generate.py"], repo, env)
             for device in ("cuda", "cpu"):
-                set_params(repo, **subprocess_params, train__device=device)
+                set_params(repo, train__device=device)
                 t_train, _ = measured([sys.executable, "stages/train.py"], repo, env)
                 t_eval, _ = measured([sys.executable, "stages/evaluate.py"], repo, env)
                 m = json.loads((repo / "metrics/evaluate.json").read_text())

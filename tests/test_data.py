@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from torchreg.data import BLOCK_ROWS, DataFile, load_dataset, make_block, write_dataset
+from torchreg.data import BLOCK_ROWS, DataFile, make_block, write_dataset
 from torchreg.errors import DataError
 
 
@@ -53,7 +53,7 @@ def test_data_file_reads_row_ranges(tmp_path, params):
     assert (data.rows, data.n_features) == (70_000, 4)
     assert np.array_equal(data.read(123, 4567), whole[123:4567])
     assert np.array_equal(np.concatenate(list(data.blocks(30_000))), whole)
-    assert np.array_equal(load_dataset(tmp_path / "d.npy"), whole)
+    assert np.array_equal(DataFile(tmp_path / "d.npy").read(), whole)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_data_file_reads_row_ranges(tmp_path, params):
 def test_bad_data_files(tmp_path, content, expected):
     (tmp_path / "d.npy").write_bytes(content)
     with pytest.raises(DataError, match=expected):
-        load_dataset(tmp_path / "d.npy")
+        DataFile(tmp_path / "d.npy")
 
 
 def test_truncated_and_wrong_shape_and_missing(tmp_path, params):
@@ -75,9 +75,9 @@ def test_truncated_and_wrong_shape_and_missing(tmp_path, params):
     data = (tmp_path / "d.npy").read_bytes()
     (tmp_path / "cut.npy").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="cut.npy: not a valid data file"):
-        load_dataset(tmp_path / "cut.npy")
+        DataFile(tmp_path / "cut.npy")
     np.save(tmp_path / "vec.npy", np.zeros(5, dtype=np.float32))
     with pytest.raises(DataError, match="expected a 2-D float32 array"):
-        load_dataset(tmp_path / "vec.npy")
+        DataFile(tmp_path / "vec.npy")
     with pytest.raises(DataError, match="run the generate stage first"):
-        load_dataset(tmp_path / "none.npy")
+        DataFile(tmp_path / "none.npy")

@@ -123,11 +123,6 @@ class DataFile:
             yield self.read(start, start + rows)
 
 
-def load_dataset(path: str | Path) -> np.ndarray:
-    """A whole (small) data file in memory, checked."""
-    return DataFile(path).read()
-
-
 def _describe(array: object) -> str:
     if isinstance(array, np.ndarray):
         return f"{array.dtype} array of shape {array.shape}"
