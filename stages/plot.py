@@ -34,8 +34,8 @@ def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
     try:
         floor = metrics["noise_floor_mae"]
         subtitle = (
-            f"test MAE {metrics['test']['mae']:.4g}, closed-form reference "
-            f"{metrics['reference']['test_mae']:.4g}, noise floor {floor:.3g}"
+            f"test MAE {metrics['test']['mae']:.4g} (closed-form fit "
+            f"{metrics['reference']['test_mae']:.4g}, noise floor {floor:.3g})"
         )
     except (KeyError, TypeError) as exc:
         raise DataError(f"{inputs['metrics']}: missing {exc}: rerun dvc repro evaluate") from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import logging
 import os
 import shutil
@@ -63,6 +64,11 @@ def run(params: Params, data_path: Path, model_path: Path, live_dir: Path) -> li
         )
     try:
         history = fit(model, data, cfg, seeded(cfg.seed, "shuffle"))
+        if dist.is_initialized():
+            # DDP's hooks make a reference cycle: collect it now, while the group is alive,
+            # not at interpreter exit (where gloo's threads abort the process).
+            gc.collect()
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -121,3 +121,68 @@ def test_activation_lesson_script(repo):
     assert (repo / "docs/activations.png").stat().st_size > 10_000
     readme = (repo / "README.md").read_text()
     assert "| linear |" in readme.split("activations:start")[1].split("activations:end")[0]
+
+
+def test_every_param_can_be_set_with_dash_s(repo):
+    """One experiment overriding every key in params.yaml at once, through DVC's own -S."""
+    overrides = {
+        "data.seed": "3",
+        "data.true_w": "[1.5, -2.0, 0.5]",
+        "data.true_b": "-0.5",
+        "data.n_train": "300",
+        "data.n_test": "100",
+        "data.noise_std": "0.05",
+        "data.target": "sine",
+        "model.kind": "mlp",
+        "model.hidden": "[8, 4]",
+        "model.activation": "tanh",
+        "train.seed": "7",
+        "train.lr": "1e-2",
+        "train.epochs": "3",
+        "train.batch_size": "32",
+        "train.loss": "huber",
+        "train.optimizer": "adam",
+        "train.init_std": "0.1",
+        "train.device": "cpu",
+        "train.nproc": "1",
+        "plot.feature": "2",
+    }
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert {f"{s}.{k}" for s, v in params.items() for k in v} == set(overrides)
+    run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-n",
+            "everything",
+            *[a for k, v in overrides.items() for a in ("-S", f"{k}={v}")],
+        ],
+        repo,
+    )
+    exp = yaml.safe_load((repo / "params.yaml").read_text())  # applied to the workspace
+    assert exp["model"]["hidden"] == [8, 4] and exp["data"]["target"] == "sine"
+    assert exp["train"]["lr"] in (0.01, "1e-2")  # DVC writes what was typed
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert "learned" not in metrics  # an mlp has no w, b to report
+
+
+def test_benchmark_smoke_run(tmp_path):
+    """The benchmark's quick mode runs end to end and writes its table."""
+    out = tmp_path / "BENCHMARKS.md"
+    result = run(
+        [
+            sys.executable,
+            str(ROOT / "bench/run.py"),
+            "--quick",
+            "--only",
+            "loop",
+            "--out",
+            str(out),
+        ],
+        ROOT,
+    )
+    assert "loop speed-up over the tutorial" in result.stdout
+    assert "| measurement | figure (median) | target |" in out.read_text()

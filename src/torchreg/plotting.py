@@ -75,13 +75,13 @@ def loss_figure(steps: list[float], loss: list[float], loss_name: str, floor: fl
 
 
 def predicted_figure(pred: dict, subtitle: str) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    fig, ax = plt.subplots(figsize=(5.6, 5.2))
     actual, predicted = pred["actual"], pred["predicted"]
     lo, hi = min(actual + predicted), max(actual + predicted)
     ax.plot([lo, hi], [lo, hi], "--", color=TRUTH, lw=1, label="perfect prediction")
     ax.scatter(actual, predicted, s=8, alpha=0.5, color=DATA, label="test rows")
     ax.set(xlabel="actual y", ylabel="predicted y", title=f"Predicted vs actual\n{subtitle}")
-    ax.title.set_fontsize(10)
+    ax.title.set_fontsize(9)
     ax.set_aspect("equal", adjustable="datalim")
     ax.legend(loc="upper left", frameon=False)
     return fig

@@ -33,13 +33,14 @@ HUBER_DELTA = 1.0
 # with MAE a too-large lr makes the weights swing wildly without ever reaching inf.
 DIVERGENCE_FACTOR = 1e3
 CHUNK_ROWS = 1 << 16  # rows gathered at once: one gather per epoch for small data
-WINDOW_BYTES = 256 << 20  # rows in memory at once when training from a file
-# Each returns the SUM of per-row losses: batches are averaged by the caller, which knows the
-# size of the global batch when it is split across ranks.
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "mae": lambda pred, y: F.l1_loss(pred, y, reduction="sum"),
-    "mse": lambda pred, y: F.mse_loss(pred, y, reduction="sum"),
-    "huber": lambda pred, y: F.huber_loss(pred, y, reduction="sum", delta=HUBER_DELTA),
+WINDOW_BYTES = 128 << 20  # rows in memory at once when training from a file
+# loss(pred, y, reduction="mean" | "sum"): a rank's share of a global batch needs the sum.
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "mae": F.l1_loss,
+    "mse": F.mse_loss,
+    "huber": lambda pred, y, reduction="mean": F.huber_loss(
+        pred, y, reduction=reduction, delta=HUBER_DELTA
+    ),
 }
 
 
@@ -150,6 +151,7 @@ def fit(
             order = torch.randperm(len(block), generator=generator)
             for x, y, m in _batches(block, order, cfg.batch_size, device, fast, rank, world):
                 step(x, y, m, total)
+            del block, order  # free this window before the next one is read
         if world > 1:
             dist.all_reduce(total)
         loss = total.item() / source.count
@@ -190,7 +192,7 @@ def _distributed() -> bool:
 def _initial_loss(model: nn.Module, rows: torch.Tensor, loss: str, device: torch.device) -> float:
     """The untrained model's mean loss on the first rows: the yardstick for divergence."""
     sample = rows[:CHUNK_ROWS].to(device)
-    return LOSSES[loss](model(sample[:, :-1]), sample[:, -1]).item() / len(sample)
+    return LOSSES[loss](model(sample[:, :-1]), sample[:, -1]).item()
 
 
 def _batches(
@@ -217,9 +219,13 @@ def _batches(
         if bias_column:
             ones = torch.ones(len(block), 1, dtype=block.dtype, device=device)
             block = torch.cat([block[:, :d], ones, block[:, d:]], dim=1)
-        for batch in block.split(batch_size):
-            mine = batch[rank::world] if world > 1 else batch
-            yield mine[:, :width], mine[:, width], len(batch)
+        if world > 1:
+            for batch in block.split(batch_size):
+                mine = batch[rank::world]
+                yield mine[:, :width], mine[:, width], len(batch)
+        else:  # split x and y once per chunk: no slicing per step
+            xs, ys = block[:, :width].split(batch_size), block[:, width].split(batch_size)
+            yield from ((x, y, len(y)) for x, y in zip(xs, ys, strict=True))
 
 
 def _autograd_step(model: nn.Module, cfg: TrainConfig, world: int = 1) -> Callable:
@@ -228,15 +234,22 @@ def _autograd_step(model: nn.Module, cfg: TrainConfig, world: int = 1) -> Callab
     optimizer = optimizer_cls(model.parameters(), lr=cfg.lr)
 
     def step(x: torch.Tensor, y: torch.Tensor, m: int, total: torch.Tensor) -> None:
-        loss_sum = loss_fn(model(x), y)
-        # The batch mean over all ranks: DDP averages the ranks' gradients, hence * world.
-        loss = loss_sum * (world / m) if world > 1 else loss_sum / m
+        loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total.add_(loss_sum.detach())  # sum of per-row losses, no sync
+        total.add_(loss.detach(), alpha=m)  # sum of per-row losses, no sync
 
-    return step
+    def ddp_step(x: torch.Tensor, y: torch.Tensor, m: int, total: torch.Tensor) -> None:
+        loss_sum = loss_fn(model(x), y, reduction="sum")
+        # The mean over the global batch: DDP averages the ranks' gradients, hence * world.
+        loss = loss_sum * (world / m)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total.add_(loss_sum.detach())
+
+    return ddp_step if world > 1 else step
 
 
 def _fast_sgd(model: LinearRegression, cfg: TrainConfig) -> tuple[Callable, Callable]:
