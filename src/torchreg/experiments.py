@@ -21,7 +21,8 @@ def dvc(*args: str, check: bool = True) -> str:
 
 def queue(experiments: Mapping[str, Iterable[str]], shared: Iterable[str] = ()) -> None:
     """Queue one experiment per name with `-S` overrides; old experiments of a name go first."""
-    dvc("exp", "remove", *experiments, check=False)
+    for name in experiments:  # one by one: a name that is not there fails the whole call
+        dvc("exp", "remove", name, check=False)
     for name, overrides in experiments.items():
         sets = [arg for s in (*shared, *overrides) for arg in ("-S", s)]
         dvc("exp", "run", "--queue", "--name", name, *sets)

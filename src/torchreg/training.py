@@ -1,8 +1,9 @@
 """Mini-batch training: the tutorial's loop, done right and kept lean.
 
 Each epoch draws a fresh permutation from a seeded generator and walks it in batches of
-`train.batch_size` (the last batch may be smaller, as in the tutorial). Rows are gathered in
-chunks of CHUNK_ROWS, so the data is never copied as a whole.
+`train.batch_size` (the last batch may be smaller, as in the tutorial). Data larger than one
+window of WINDOW_BYTES is read and shuffled a window at a time; rows are gathered in chunks of
+CHUNK_ROWS. Under torchrun the same loop runs data-parallel with DistributedDataParallel.
 
 The linear model with plain SGD takes a fast path with the gradient written out by hand
 (no autograd graph per step); tests check it against the general autograd path.
