@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -34,7 +33,7 @@ import tutorial  # noqa: E402
 from torchreg.config import load_params  # noqa: E402
 from torchreg.data import make_block  # noqa: E402
 from torchreg.evaluation import errors  # noqa: E402
-from torchreg.experiments import queue, run_queue  # noqa: E402
+from torchreg.experiments import queue, run_queue, set_params  # noqa: E402
 from torchreg.model import LinearRegression, build_model  # noqa: E402
 from torchreg.training import fit, seeded  # noqa: E402
 
@@ -123,15 +122,6 @@ def fresh_copy(dest: Path) -> Path:
     """A clone of the committed repo with its own DVC cache, ready for dvc commands."""
     subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
     return dest
-
-
-def set_params(repo: Path, **changes) -> None:
-    path = repo / "params.yaml"
-    data = yaml.safe_load(path.read_text())
-    for key, value in changes.items():
-        section, name = key.split("__")
-        data[section][name] = value
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 # --- 1. the training loop --------------------------------------------------------------------

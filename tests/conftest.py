@@ -12,9 +12,26 @@ import pytest
 import yaml
 
 from torchreg.config import Params, parse_params
+from torchreg.experiments import set_params  # noqa: F401 - re-exported for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's dvc and python, whatever PATH says
+
+# Every output of `dvc repro`.
+OUTPUTS = [
+    "data/train.npy",
+    "data/test.npy",
+    "models/model.pt",
+    "dvclive/metrics.json",
+    "dvclive/plots/metrics/train_loss.tsv",
+    "metrics/evaluate.json",
+    "plots/predictions.tsv",
+    "plots/curves.tsv",
+    "plots/fit.png",
+    "plots/loss.png",
+    "plots/predicted_vs_actual.png",
+    "plots/residuals.png",
+]
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "test",
@@ -44,16 +61,6 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.Compl
             f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
         )
     return result
-
-
-def set_params(repo: Path, **changes: object) -> None:
-    """Set keys like train__epochs=5 in repo/params.yaml."""
-    path = repo / "params.yaml"
-    data = yaml.safe_load(path.read_text())
-    for key, value in changes.items():
-        section, name = key.split("__")
-        data[section][name] = value
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 @pytest.fixture

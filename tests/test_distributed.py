@@ -100,8 +100,10 @@ def test_two_nodes_equal_one_node_with_two_processes(data_repo, tmp_path):
     a, b = weights(data_repo / "node1.pt"), weights(data_repo / "node2.pt")
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    with socket.socket() as s:  # the rendezvous port was released
+    with socket.socket() as s:  # nothing listens on the rendezvous port any more
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
         s.bind(("127.0.0.1", port))
+        s.listen()
 
 
 def rank_pid(rank: int) -> int | None:

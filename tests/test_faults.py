@@ -13,24 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BIN, GIT_ENV, run, set_params
+from conftest import BIN, GIT_ENV, OUTPUTS, run, set_params
 
 pytestmark = pytest.mark.slow
-
-OUTPUTS = [
-    "data/train.npy",
-    "data/test.npy",
-    "models/model.pt",
-    "dvclive/metrics.json",
-    "dvclive/plots/metrics/train_loss.tsv",
-    "metrics/evaluate.json",
-    "plots/predictions.tsv",
-    "plots/curves.tsv",
-    "plots/fit.png",
-    "plots/loss.png",
-    "plots/predicted_vs_actual.png",
-    "plots/residuals.png",
-]
 
 
 def _stage(repo: Path, name: str, *args: str, check=False) -> subprocess.CompletedProcess:

@@ -6,24 +6,9 @@ import sys
 import pytest
 import yaml
 
-from conftest import run, set_params
+from conftest import OUTPUTS, run, set_params
 
 pytestmark = pytest.mark.slow
-
-OUTPUTS = [
-    "data/train.npy",
-    "data/test.npy",
-    "models/model.pt",
-    "dvclive/metrics.json",
-    "dvclive/plots/metrics/train_loss.tsv",
-    "metrics/evaluate.json",
-    "plots/predictions.tsv",
-    "plots/curves.tsv",
-    "plots/fit.png",
-    "plots/loss.png",
-    "plots/predicted_vs_actual.png",
-    "plots/residuals.png",
-]
 
 
 def ran_stages(output: str) -> set[str]:

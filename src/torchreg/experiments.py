@@ -10,6 +10,19 @@ import json
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import yaml
+
+
+def set_params(repo: Path, **changes: object) -> None:
+    """Set keys given as section__key=value (e.g. train__epochs=5) in repo/params.yaml."""
+    path = repo / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        section, name = key.split("__")
+        data[section][name] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def dvc(*args: str, check: bool = True) -> str:
