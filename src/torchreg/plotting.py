@@ -24,7 +24,6 @@ plt.rcParams.update(
         "grid.alpha": 0.3,
         "axes.spines.top": False,
         "axes.spines.right": False,
-        "svg.hashsalt": "torchreg",
         # Laid out once while drawing (bbox_inches="tight" would draw every figure twice).
         "figure.constrained_layout.use": True,
     }

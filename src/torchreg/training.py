@@ -83,7 +83,7 @@ def uses_fast_path(model: nn.Module, cfg: TrainConfig) -> bool:
     return isinstance(model, LinearRegression) and cfg.optimizer == "sgd"
 
 
-class Rows:
+class Windows:
     """Training rows as windows of at most `window` rows: the whole tensor when it is in memory,
     or ranges read from a DataFile one at a time (memory stays at one window)."""
 
@@ -128,7 +128,7 @@ def fit(
     rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
     fast = (uses_fast_path(model, cfg) and world == 1) if fast is None else fast
     columns = rows.shape[1] if isinstance(rows, torch.Tensor) else rows.columns
-    source = Rows(rows, window_rows(cfg.batch_size, columns), device)
+    source = Windows(rows, window_rows(cfg.batch_size, columns), device)
     limit = DIVERGENCE_FACTOR * max(_initial_loss(model, source.get(0), cfg.loss, device), 1e-6)
     if fast:
         step, finish = _fast_sgd(model, cfg)
