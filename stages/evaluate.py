@@ -1,7 +1,7 @@
 """Evaluate the trained model against the test set and the closed-form least-squares fit.
 
 Reads:  params.yaml (data.true_w, data.true_b, data.noise_std, data.target),
-        models/model.pt, data/train.npy, data/test.npy
+        models/model.safetensors, data/train.npy, data/test.npy
 Writes: metrics/evaluate.json (test.mae, test.rmse, train.mae, reference.test_mae, ...),
         plots/predictions.tsv (a sample of test rows with predictions),
         plots/curves.tsv (model and true function along each feature)
@@ -61,7 +61,7 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--model", type=Path, default=Path("models/model.safetensors"))
     parser.add_argument("--train", type=Path, default=Path("data/train.npy"))
     parser.add_argument("--test", type=Path, default=Path("data/test.npy"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"))

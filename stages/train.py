@@ -1,7 +1,7 @@
 """Train the model with mini-batch gradient descent and log the loss curve with DVCLive.
 
 Reads:  params.yaml (model.*, train.*), data/train.npy
-Writes: models/model.pt (config + weights, loadable with weights_only=True),
+Writes: models/model.safetensors (weights, with the model config in its metadata),
         dvclive/metrics.json (the final train_loss),
         dvclive/plots/metrics/train_loss.tsv (one row per epoch)
 
@@ -95,8 +95,6 @@ def launch(nproc: int, argv: list[str]) -> None:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    # As torchrun does: share the cores between the ranks instead of oversubscribing them.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -146,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, default=Path("data/train.npy"))
-    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--model", type=Path, default=Path("models/model.safetensors"))
     parser.add_argument("--live-dir", type=Path, default=Path("dvclive"))
     args = parser.parse_args(argv)
 

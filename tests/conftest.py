@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent  # the venv's dvc and python, whatever PATH sa
 OUTPUTS = [
     "data/train.npy",
     "data/test.npy",
-    "models/model.pt",
+    "models/model.safetensors",
     "dvclive/metrics.json",
     "dvclive/plots/metrics/train_loss.tsv",
     "metrics/evaluate.json",

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from conftest import set_params
@@ -36,7 +37,7 @@ def train(repo: Path, *args: str, timeout=120) -> subprocess.CompletedProcess:
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["state_dict"]
+    return safetensors.torch.load_file(path)
 
 
 def free_port() -> int:
@@ -147,7 +148,7 @@ def test_a_killed_rank_fails_the_stage_promptly(data_repo):
         "train: error: rank 1 of 2 was killed by signal 9; the others were stopped"
     )
     assert "Traceback" not in stderr
-    assert not (data_repo / "models/model.pt").exists()
+    assert not (data_repo / "models/model.safetensors").exists()
 
 
 def test_bad_input_on_one_node_fails_both_promptly(data_repo, tmp_path):
@@ -161,5 +162,5 @@ def test_bad_input_on_one_node_fails_both_promptly(data_repo, tmp_path):
     assert all(node.returncode != 0 for node in nodes)
     assert time.monotonic() - start < 60  # the 10 s peer timeout, not the 30 min default
     assert any("data/train.npy: not a valid data file" in out for out in outputs)
-    assert not (data_repo / "models/model.pt").exists()
-    assert not (other / "models/model.pt").exists()
+    assert not (data_repo / "models/model.safetensors").exists()
+    assert not (other / "models/model.safetensors").exists()

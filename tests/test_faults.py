@@ -82,31 +82,33 @@ def built(repo):
 @pytest.mark.parametrize(
     "content,expected",
     [
-        (b"", "models/model.pt: not a valid model file"),
-        (b"PK\x03\x04 truncated zip", "models/model.pt: not a valid model file"),
-        (bytes(range(256)) * 64, "models/model.pt: not a valid model file"),
+        (b"", "models/model.safetensors: not a valid model file"),
+        (b"PK\x03\x04 truncated zip", "models/model.safetensors: not a valid model file"),
+        (bytes(range(256)) * 64, "models/model.safetensors: not a valid model file"),
     ],
     ids=["empty", "truncated", "random"],
 )
 def test_bad_model_file(built, content, expected):
     before = digest(built, ["metrics/evaluate.json", "plots/predictions.tsv"])
-    (built / "models/model.pt").write_bytes(content)
+    (built / "models/model.safetensors").write_bytes(content)
     assert expected in one_clean_line(_stage(built, "evaluate"), "evaluate")
     assert digest(built, ["metrics/evaluate.json", "plots/predictions.tsv"]) == before
 
 
 def test_truncated_real_model_file(built):
-    data = (built / "models/model.pt").read_bytes()
-    (built / "models/model.pt").write_bytes(data[: len(data) // 2])
+    data = (built / "models/model.safetensors").read_bytes()
+    (built / "models/model.safetensors").write_bytes(data[: len(data) // 2])
     line = one_clean_line(_stage(built, "evaluate"), "evaluate")
-    assert "models/model.pt: not a valid model file" in line
+    assert "models/model.safetensors: not a valid model file" in line
 
 
 def test_model_file_carrying_code_is_not_run(built):
     marker = built / "pwned"
-    (built / "models/model.pt").write_bytes(pickle.dumps({"state_dict": _Payload(str(marker))}))
+    (built / "models/model.safetensors").write_bytes(
+        pickle.dumps({"state_dict": _Payload(str(marker))})
+    )
     line = one_clean_line(_stage(built, "evaluate"), "evaluate")
-    assert "models/model.pt: not a valid model file" in line
+    assert "models/model.safetensors: not a valid model file" in line
     assert not marker.exists()
 
 
@@ -130,9 +132,9 @@ def test_bad_data_file(built, name, content, expected):
 def test_data_of_the_wrong_shape(built):
     np.save(built / "data/test.npy", np.zeros((10, 4), dtype=np.float32))  # 3 features + y
     line = one_clean_line(_stage(built, "evaluate"), "evaluate")
-    assert "data/test.npy has 3 features but models/model.pt expects 4" in line
+    assert "data/test.npy has 3 features but models/model.safetensors expects 4" in line
     np.save(built / "data/train.npy", np.zeros((10, 4), dtype=np.float32))
-    (built / "models/model.pt").unlink()
+    (built / "models/model.safetensors").unlink()
     run(["dvc", "repro"], built)  # regenerates what is stale, recovers
 
 
@@ -185,7 +187,7 @@ def test_ctrl_c_during_training_exits_promptly(repo):
     assert time.monotonic() - sent < 5
     assert proc.returncode == 130
     assert stderr.strip().splitlines() == ["train: interrupted; no output was written"]
-    assert not (repo / "models/model.pt").exists()
+    assert not (repo / "models/model.safetensors").exists()
     assert not (repo / "dvclive").exists()
 
 
@@ -194,7 +196,7 @@ def test_divergence_names_the_epoch_and_writes_no_model(repo):
     set_params(repo, train__lr=1e6)
     line = one_clean_line(_stage(repo, "train"), "train")
     assert "training diverged at epoch" in line and "try a smaller train.lr" in line
-    assert not (repo / "models/model.pt").exists()
+    assert not (repo / "models/model.safetensors").exists()
 
 
 def test_same_params_same_bytes_across_processes_and_threads(repo):
@@ -223,8 +225,10 @@ def test_unwritable_output_is_one_clear_error(repo, tmp_path):
     _stage(repo, "generate", check=True)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where a folder should be")
-    line = one_clean_line(_stage(repo, "train", "--model", str(blocker / "model.pt")), "train")
-    assert f"cannot write {blocker / 'model.pt'}" in line
+    line = one_clean_line(
+        _stage(repo, "train", "--model", str(blocker / "model.safetensors")), "train"
+    )
+    assert f"cannot write {blocker / 'model.safetensors'}" in line
     assert blocker.read_text() == "a file where a folder should be"
     if os.geteuid() != 0:  # root ignores permission bits
         locked = tmp_path / "locked"

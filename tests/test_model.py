@@ -1,6 +1,8 @@
+import json
 import pickle
 
 import pytest
+import safetensors.torch
 import torch
 
 from torchreg.errors import DataError
@@ -45,10 +47,12 @@ def test_initialisation_is_seeded(params):
 def test_round_trip_is_byte_stable(tmp_path, params, kind):
     cfg = params.model.model_copy(update={"kind": kind})
     model = build_model(cfg, 4, 0.01, seeded(0, "init"))
-    save_model(tmp_path / "m.pt", model, cfg, 4)
-    save_model(tmp_path / "other-name.pt", model, cfg, 4)
-    assert (tmp_path / "m.pt").read_bytes() == (tmp_path / "other-name.pt").read_bytes()
-    loaded, loaded_cfg, n = load_model(tmp_path / "m.pt")
+    save_model(tmp_path / "m.safetensors", model, cfg, 4)
+    save_model(tmp_path / "other-name.safetensors", model, cfg, 4)
+    assert (tmp_path / "m.safetensors").read_bytes() == (
+        tmp_path / "other-name.safetensors"
+    ).read_bytes()
+    loaded, loaded_cfg, n = load_model(tmp_path / "m.safetensors")
     assert loaded_cfg == cfg and n == 4
     x = torch.randn(10, 4)
     with torch.no_grad():
@@ -78,22 +82,69 @@ def test_pickle_with_code_is_not_executed(tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"not a zip", bytes(range(256))])
+@pytest.mark.parametrize(
+    "content", [b"", b"not a model", bytes(range(256)), b"\x08" + bytes(7) + b"{}      "]
+)
 def test_bad_model_files(tmp_path, content):
-    (tmp_path / "m.pt").write_bytes(content)
-    with pytest.raises(DataError, match="m.pt: not a valid model file"):
-        load_model(tmp_path / "m.pt")
+    (tmp_path / "m.safetensors").write_bytes(content)
+    with pytest.raises(DataError, match="m.safetensors: not a valid model file"):
+        load_model(tmp_path / "m.safetensors")
 
 
 def test_missing_model_says_which_stage(tmp_path):
     with pytest.raises(DataError, match="run the train stage first"):
-        load_model(tmp_path / "m.pt")
+        load_model(tmp_path / "m.safetensors")
 
 
-def test_inconsistent_model_file(tmp_path, params):
-    torch.save(
-        {"format": 1, "config": {"kind": "linear"}, "n_features": 4, "state_dict": {}},
-        tmp_path / "m.pt",
-    )
+def _write(path, tensors, header):
+    metadata = {"torchreg": json.dumps(header)} if header is not None else None
+    path.write_bytes(safetensors.torch.save(tensors, metadata=metadata))
+
+
+LINEAR = {"kind": "linear", "hidden": [], "activation": "none"}
+
+
+@pytest.mark.parametrize(
+    "tensors,header,message",
+    [
+        ({"w": torch.zeros(4), "b": torch.zeros(())}, None, "not a valid model file"),
+        ({"w": torch.zeros(4), "b": torch.zeros(())}, {"format": 1}, "not a model file written"),
+        ({}, {"format": 2, "config": LINEAR, "n_features": 4}, "inconsistent"),
+        (
+            {"w": torch.zeros(3), "b": torch.zeros(())},
+            {"format": 2, "config": LINEAR, "n_features": 4},
+            "inconsistent",
+        ),
+        (
+            {"w": torch.zeros(4), "b": torch.zeros(())},
+            {"format": 2, "config": {**LINEAR, "kind": "cnn"}, "n_features": 4},
+            "not a valid model file",
+        ),
+        (
+            {"w": torch.zeros(4), "b": torch.zeros(())},
+            {"format": 2, "config": LINEAR, "n_features": "4"},
+            "not a positive integer",
+        ),
+        (
+            {"w": torch.zeros(4), "b": torch.zeros(())},
+            {"format": 2, "config": LINEAR, "n_features": 3e9},
+            "not a positive integer",
+        ),
+    ],
+)
+def test_inconsistent_model_file_is_refused_before_building(tmp_path, tensors, header, message):
+    _write(tmp_path / "m.safetensors", tensors, header)
+    with pytest.raises(DataError, match=message):
+        load_model(tmp_path / "m.safetensors")
+
+
+def test_huge_network_in_a_small_file_is_refused_before_building(tmp_path):
+    """The config asks for billions of weights; the file holds a few: nothing is allocated."""
+    header = {
+        "format": 2,
+        "config": {"kind": "mlp", "hidden": [65536, 65536], "activation": "relu"},
+        "n_features": 4,
+    }
+    _write(tmp_path / "m.safetensors", {"w": torch.zeros(4)}, header)
     with pytest.raises(DataError, match="inconsistent"):
-        load_model(tmp_path / "m.pt")
+        load_model(tmp_path / "m.safetensors")

@@ -71,7 +71,9 @@ def test_bad_param_fails_cleanly_and_writes_nothing(repo, key, value, message):
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
-    assert not (repo / "data/train.npy").exists() and not (repo / "models/model.pt").exists()
+    assert (
+        not (repo / "data/train.npy").exists() and not (repo / "models/model.safetensors").exists()
+    )
 
 
 def test_typo_in_section_name_is_refused(repo):

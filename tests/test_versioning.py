@@ -8,7 +8,7 @@ from conftest import run, set_params
 
 pytestmark = pytest.mark.slow
 
-TRACKED = ["data/train.npy", "data/test.npy", "models/model.pt"]
+TRACKED = ["data/train.npy", "data/test.npy", "models/model.safetensors"]
 
 
 def commit(repo, message):
@@ -28,7 +28,7 @@ def test_push_then_pull_in_a_fresh_clone(repo, tmp_path):
 
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
-    assert not (clone / "models/model.pt").exists()
+    assert not (clone / "models/model.safetensors").exists()
     run(["dvc", "pull"], clone)
     assert read(clone) == read(repo)
     status = run(["dvc", "repro"], clone)
@@ -44,7 +44,7 @@ def test_tagged_versions_can_be_fetched_and_checked_out(repo, tmp_path):
     run(["dvc", "repro"], repo)
     commit(repo, "v2")
     run(["gto", "register", "regressor", "--version", "v1.1.0"], repo)
-    assert read(repo)["models/model.pt"] != v1["models/model.pt"]
+    assert read(repo)["models/model.safetensors"] != v1["models/model.safetensors"]
     assert "regressor@v1.0.0" in run(["git", "tag"], repo).stdout
 
     out = tmp_path / "fetched.pt"
@@ -52,7 +52,7 @@ def test_tagged_versions_can_be_fetched_and_checked_out(repo, tmp_path):
         ["dvc", "artifacts", "get", str(repo), "regressor", "--rev", "v1.0.0", "-o", str(out)],
         tmp_path,
     )
-    assert out.read_bytes() == v1["models/model.pt"]
+    assert out.read_bytes() == v1["models/model.safetensors"]
 
     run(["git", "checkout", "-q", "regressor@v1.0.0"], repo)
     run(["dvc", "checkout"], repo)

@@ -1,4 +1,4 @@
-"""The models, and a model file that rebuilds them without unpickling arbitrary objects.
+"""The models, and a model file (safetensors: no pickle, deterministic bytes) that rebuilds them.
 
 `linear` is the tutorial's `x @ w + b`. `mlp` stacks Linear layers with an activation between
 them; with `activation: none` the stack is still one linear map (the tutorial's lesson).
@@ -6,10 +6,12 @@ them; with `activation: none` the stack is still one linear map (the tutorial's 
 
 from __future__ import annotations
 
-import io
+import json
 import math
 from pathlib import Path
 
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -17,7 +19,8 @@ from torchreg.config import ModelConfig
 from torchreg.errors import DataError
 from torchreg.io import write_bytes
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 was a torch.save archive
+METADATA_KEY = "torchreg"
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "none": nn.Identity}
 
 
@@ -71,39 +74,71 @@ def build_model(
 
 
 def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, n_features: int) -> None:
-    """Write config + weights. Saved through a buffer: torch.save on a path stores the file name
-    in the archive, so the same model would get different bytes under a temporary name."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {
+    """Write the weights as safetensors, with the config in the file's metadata.
+
+    Not torch.save: its zip archive carries a `serialization_id` hashed from an unordered set of
+    record names (pytorch/pytorch#184219) and a pickle. A safetensors file is a JSON header plus
+    the raw tensors in a fixed order: the same weights give the same bytes, and loading it can
+    never run code.
+    """
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # One metadata key: safetensors keeps metadata in a hash map, so several keys could come out
+    # in any order.
+    header = {
         "format": FORMAT_VERSION,
         "config": cfg.model_dump(mode="json"),
         "n_features": n_features,
-        "state_dict": state,
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    write_bytes(path, buffer.getvalue())
+    metadata = {METADATA_KEY: json.dumps(header, sort_keys=True)}
+    write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, ModelConfig, int]:
-    """Load a model file safely (weights_only: no code in the file is ever run)."""
+    """Load a model file: the config is checked, then every tensor's shape against it, before
+    the network is built."""
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} not found: run the train stage first (dvc repro train)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"{path} not found: run the train stage first (dvc repro train)") from None
-    except Exception as exc:  # torch raises many types for corrupt or unsafe files
+        with safetensors.safe_open(path, framework="pt") as f:
+            header = json.loads((f.metadata() or {})[METADATA_KEY])
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 (not a dict)
+            if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+                raise DataError(f"{path}: not a model file written by the train stage")
+            cfg = ModelConfig.model_validate(header["config"])
+            n_features = header["n_features"]
+            expected = _shapes(cfg, n_features)
+            if shapes != expected:
+                raise DataError(
+                    f"{path}: model file is inconsistent (tensors {_short(shapes)}, "
+                    f"the config needs {_short(expected)})"
+                )
+            state = {name: f.get_tensor(name) for name in expected}
+    except DataError:
+        raise
+    except Exception as exc:  # safetensors, json and pydantic raise many types for bad files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: not a valid model file ({reason[:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise DataError(f"{path}: not a model file written by the train stage")
-    try:
-        cfg = ModelConfig.model_validate(payload["config"])
-        n_features = int(payload["n_features"])
-        model = build_model(cfg, n_features, 0.0, torch.Generator())
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0]
-        raise DataError(f"{path}: model file is inconsistent ({reason[:200]})") from None
+    model = build_model(cfg, n_features, 0.0, torch.Generator())
+    model.load_state_dict(state, strict=True)
     model.eval()
     return model, cfg, n_features
+
+
+def _shapes(cfg: ModelConfig, n_features: object) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes a model of this config has, without building it."""
+    if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
+        raise DataError(f"n_features = {str(n_features)[:40]} is not a positive integer")
+    if cfg.kind == "linear":
+        return {"b": (), "w": (n_features,)}
+    widths = (n_features, *cfg.hidden, 1)
+    shapes = {}
+    for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:], strict=False)):
+        shapes[f"net.{2 * i}.weight"] = (fan_out, fan_in)
+        shapes[f"net.{2 * i}.bias"] = (fan_out,)
+    return shapes
+
+
+def _short(shapes: dict[str, tuple[int, ...]]) -> str:
+    text = ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items()))
+    return text if len(text) <= 200 else text[:200] + "..."

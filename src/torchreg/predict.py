@@ -1,8 +1,8 @@
-"""Predict with a saved model: python -m torchreg.predict --model models/model.pt --input rows.csv
+"""Predict with a saved model: python -m torchreg.predict --input rows.csv [--model FILE]
 
 The input is a CSV of feature columns, one row per prediction, with or without a header row
 (e.g. x0,x1,x2,x3). The output is the same rows with a `predicted` column, on stdout or in
---output. The model file is loaded with weights_only=True: it can never run code.
+--output. The model file (safetensors, default models/model.safetensors) holds no code.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def run(model_path: Path, input_path: Path, output: Path | None) -> torch.Tensor
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--model", type=Path, default=Path("models/model.safetensors"))
     parser.add_argument("--input", type=Path, required=True, help="CSV of feature columns")
     parser.add_argument("--output", type=Path, help="CSV to write (default: stdout)")
     args = parser.parse_args(argv)

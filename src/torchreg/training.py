@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 
@@ -51,12 +52,18 @@ def seeded(seed: int, *stream: object) -> torch.Generator:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device for `train.device`. CUDA gives other bits than the CPU (other kernels), so it
+    is opt-in; there, torch's deterministic algorithms make a rerun on the same GPU model repeat
+    bit for bit (cuBLAS needs a fixed workspace for that, set before its first call)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "train.device = 'cuda' but no CUDA device is available here (allowed: auto, cpu)"
         )
+    if name == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     return torch.device(name)
 
 
