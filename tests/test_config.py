@@ -182,6 +182,16 @@ def test_files_dvc_refuses_are_refused_in_one_line(tmp_path, text, expected):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("text", ["data: !!float abc\n", "data: 2024-13-45\n"])
+def test_scalar_its_type_cannot_hold_is_one_line(tmp_path, text):
+    """ruamel raises a bare ValueError here (DVC shows a traceback); the stages say one line."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"not valid YAML: ") as err:
+        load_params(path)
+    assert "\n" not in str(err.value)
+
+
 def test_octal_looking_seed_is_decimal(tmp_path):
     path = repo_params_with(tmp_path, ("seed: 0 ", "seed: 010 "))
     params = load_params(path)
