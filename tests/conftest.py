@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from torchreg.config import Params, parse_params
+from torchreg.config import Params, parse_params, read_params_file
 from torchreg.experiments import set_params  # noqa: F401 - re-exported for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +42,8 @@ GIT_ENV = {
 
 @pytest.fixture
 def raw_params() -> dict:
-    """params.yaml of the repo as a plain dict, to modify per test."""
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    """params.yaml of the repo as a plain dict (read as the stages read it), to modify per test."""
+    return read_params_file(ROOT / "params.yaml")
 
 
 @pytest.fixture

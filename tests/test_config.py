@@ -1,9 +1,17 @@
 import math
+from pathlib import Path
 
 import pytest
-import yaml
+from dvc.utils.serialize import ParseError, load_yaml
 
-from torchreg.config import MAX_ROWS, load_params, noise_floor_mae, parse_params
+from conftest import ROOT
+from torchreg.config import (
+    MAX_ROWS,
+    load_params,
+    noise_floor_mae,
+    parse_params,
+    read_params_file,
+)
 from torchreg.errors import ConfigError
 
 
@@ -76,13 +84,127 @@ def test_structure_errors(raw_params, mutate, expected):
     assert expected in str(err.value)
 
 
-def test_yaml_1_1_exponent_strings_are_numbers(tmp_path, raw_params):
-    text = yaml.safe_dump(raw_params).replace("lr: 0.001", "lr: 1e-3")
-    text = text.replace("n_train: 500", "n_train: 5e2")
-    (tmp_path / "params.yaml").write_text(text)
-    assert yaml.safe_load(text)["train"]["lr"] == "1e-3"  # the trap this guards against
-    params = load_params(tmp_path / "params.yaml")
+def repo_params_with(tmp_path: Path, *replacements: tuple[str, str]) -> Path:
+    """The repo's params.yaml, comments and all, with text replaced, in tmp_path."""
+    text = (ROOT / "params.yaml").read_text()
+    for old, new in replacements:
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_exponent_notation_is_a_number(tmp_path):
+    path = repo_params_with(tmp_path, ("lr: 0.001", "lr: 1e-3"), ("n_train: 500", "n_train: 5e2"))
+    params = load_params(path)
     assert params.train.lr == 0.001 and params.data.n_train == 500
+    quoted = repo_params_with(tmp_path, ("lr: 0.001", 'lr: "1e-3"'))
+    assert load_params(quoted).train.lr == 0.001
+
+
+# Scalars that YAML 1.1 (PyYAML) and YAML 1.2 (ruamel.yaml, which DVC uses) read differently,
+# or that look like they might.
+SCALARS = [
+    *["010", "0o10", "08", "0x10", "007", "-010", "0b101", "1_000"],
+    *["1:00", "190:20:30", "12:30:00.5"],
+    *["yes", "no", "on", "off", "y", "n", "Yes", "ON", "True", "FALSE", "true", "tRue"],
+    *["1e-3", "1E3", "1e3", "5e2", "1.0e+3", ".5", "+.5", "1.", "+1", "-0", "-0.0", "1e400"],
+    *["~", "null", "Null", "NULL", "", ".inf", "-.inf", ".Inf", ".nan", ".NaN", "nan", "inf"],
+    *["2024-01-01", "0.001", "linear", "1,000"],
+]
+
+
+def same(a: object, b: object) -> bool:
+    """Equal values of the same type, all the way down; NaN equals NaN, 1 is not True."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *[f"train:\n  value: {s}\n" for s in SCALARS],
+        *[f"train:\n  value: '{s}'\n" for s in SCALARS],
+        *[f'train:\n  value: "{s}"\n' for s in SCALARS],
+        *[f"train:\n  {s}: 1\n" for s in SCALARS if s not in ("", "~")],
+        *[f"train:\n  values: [{s}, 1]\n" for s in SCALARS if s],
+        "%YAML 1.1\n---\ntrain:\n  seed: 010\n  flag: yes\n",  # the file may ask for 1.1
+        "",
+    ],
+    ids=repr,
+)
+def test_stages_read_params_as_dvc_does(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    ours, dvcs = read_params_file(path), load_yaml(path)
+    assert same(ours, dvcs), (ours, dvcs)
+
+
+def test_yaml_1_2_meanings(tmp_path):
+    """The oracle behind the agreement: what YAML 1.2 (and so DVC) makes of the traps."""
+    corpus = {"010": 10, "0o10": 8, "1:00": "1:00", "yes": "yes", "on": "on", "1e-3": 0.001}
+    path = tmp_path / "params.yaml"
+    path.write_text("".join(f"k{i}: {s}\n" for i, s in enumerate(corpus)))
+    assert read_params_file(path) == {f"k{i}": v for i, v in enumerate(corpus.values())}
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("train:\n  lr: 0.1\n  seed: 0\n  lr: 0.2\n", "duplicate key 'lr' at line 4"),
+        ("train: {lr: 0.1, lr: 0.2}\n", "duplicate key 'lr' at line 1"),
+        ("data: {}\ntrain: {}\ndata: {}\n", "duplicate key 'data' at line 3"),
+        ("train:\n  1: a\n  1: b\n", "duplicate key '1' at line 3"),
+        ("data: [unclosed\n", "not valid YAML at line 2, column 1"),
+        ("data:\n\t- 1\n", "not valid YAML at line 2, column 1"),
+        ("data: 1\n  bad: indent\n", "not valid YAML at line 2"),
+        ("data: *nowhere\n", "not valid YAML at line 1"),
+        ("data: 1\n---\ntrain: 2\n", "not valid YAML at line 2"),
+        ("data: !!python/object:os.system x\n", "not valid YAML at line 1"),
+    ],
+)
+def test_files_dvc_refuses_are_refused_in_one_line(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParseError):
+        load_yaml(path)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: {expected}")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["data: !!float abc\n", "data: 2024-13-45\n"])
+def test_scalar_its_type_cannot_hold_is_one_line(tmp_path, text):
+    """ruamel raises a bare ValueError here (DVC shows a traceback); the stages say one line."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"not valid YAML: ") as err:
+        load_params(path)
+    assert "\n" not in str(err.value)
+
+
+def test_octal_looking_seed_is_decimal(tmp_path):
+    path = repo_params_with(tmp_path, ("seed: 0 ", "seed: 010 "))
+    params = load_params(path)
+    assert params.data.seed == 10 and params.train.seed == 10  # 8 to YAML 1.1
+
+
+def test_sexagesimal_epochs_are_refused(tmp_path):
+    path = repo_params_with(tmp_path, ("epochs: 1000", "epochs: 1:00"))  # 60 to YAML 1.1
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: train.epochs = '1:00' is not allowed: ")
+    assert "valid integer" in message and "\n" not in message
 
 
 def test_missing_and_malformed_files(tmp_path):

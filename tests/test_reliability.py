@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torchreg.config import Params, parse_params
+from torchreg.config import Params, parse_params, read_params_file
 from torchreg.errors import ConfigError
 
 SECTIONS = {name: field.annotation for name, field in Params.model_fields.items()}
@@ -101,11 +101,9 @@ yaml_values = st.recursive(
 @st.composite
 def mutated_params(draw):
     """Valid params with a few keys replaced, removed or added, at any level."""
-    import yaml
-
     from conftest import ROOT  # noqa: PLC0415
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = read_params_file(ROOT / "params.yaml")
     for _ in range(draw(st.integers(1, 3))):
         section = draw(st.sampled_from([*raw, "extra"]))
         action = draw(st.sampled_from(["set", "drop", "replace_section"]))

@@ -8,10 +8,10 @@ import torch: the plot stage uses it and should start fast.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -21,6 +21,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.constructor import DuplicateKeyError
 
 from torchreg.errors import ConfigError
 
@@ -32,7 +34,7 @@ MAX_WIDTH = 65536
 
 
 def _yaml_number(value: Any) -> Any:
-    """PyYAML (YAML 1.1) reads `1e-3` as the string '1e-3'; users mean the number."""
+    """A quoted `"1e-3"`, or one from a YAML 1.1 tool such as PyYAML, is meant as the number."""
     if isinstance(value, str):
         try:
             return float(value.strip())
@@ -146,6 +148,11 @@ def _describe(error: dict, source: str) -> str:
     return f"{source}: {key} = {shown} is not allowed: {error['msg']}"
 
 
+def _one_line(message: str) -> str:
+    """One line, whatever odd characters a key or value holds."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     """Validate an already-loaded mapping; raise ConfigError with one line per problem."""
     if not isinstance(raw, dict):
@@ -154,11 +161,16 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
         return Params.model_validate(raw)
     except ValidationError as exc:
         message = "; ".join(_describe(e, source) for e in exc.errors())
-        # One line, whatever odd characters a key holds.
-        raise ConfigError(message.replace("\r", "\\r").replace("\n", "\\n")) from None
+        raise ConfigError(_one_line(message)) from None
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
+def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """The file's mapping exactly as DVC reads it (dvc/utils/serialize/_yaml.py).
+
+    YAML 1.2 through ruamel.yaml's safe loader, as DVC configures it, so the stages see the
+    values that dvc.lock and `dvc exp show` record: `010` is 10, `1e-3` a float, `yes` and
+    `1:00` are strings, and a duplicate key refuses the file (DVC refuses it too).
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -167,13 +179,29 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        raw = YAML(typ="safe").load(text) or {}  # `or {}`: DVC reads an empty file as {}
+    except DuplicateKeyError as exc:
+        # ruamel names the key only inside its message: `found duplicate key "lr" with value ...`
+        found = re.match(r'found duplicate key "(.*?)" with value', exc.problem or "")
+        key = repr(found[1]) if found else exc.problem
+        line = exc.problem_mark.line + 1
+        message = f"{path}: duplicate key {key} at line {line}: a key may appear only once"
+        raise ConfigError(_one_line(f"{message} (DVC refuses the file too)")) from None
+    except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid syntax"
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-    return parse_params(raw, str(path))
+        raise ConfigError(_one_line(f"{path}: not valid YAML{where}: {problem}")) from None
+    except ValueError as exc:  # a scalar its tag cannot hold: `!!float abc`, `2024-13-45`
+        raise ConfigError(_one_line(f"{path}: not valid YAML: {exc}")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, plot)")
+    return raw
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """params.yaml read as DVC reads it, then validated."""
+    return parse_params(read_params_file(path), str(Path(path)))
 
 
 def noise_floor_mae(noise_std: float) -> float:
