@@ -32,7 +32,7 @@ import tutorial  # noqa: E402
 
 from torchreg.config import load_params  # noqa: E402
 from torchreg.data import make_block  # noqa: E402
-from torchreg.evaluation import errors  # noqa: E402
+from torchreg.evaluation import prediction_errors  # noqa: E402
 from torchreg.experiments import queue, run_queue, set_params  # noqa: E402
 from torchreg.model import LinearRegression, build_model  # noqa: E402
 from torchreg.training import fit, seeded  # noqa: E402
@@ -165,8 +165,8 @@ def bench_loop(table: Table, repeats: int, epochs: int) -> None:
     t_ours, _ = median_time(lambda: project_run(cfg.seed), repeats)
     # Constant-lr SGD ends at a random point near the optimum: one run's MAE varies by a few
     # percent with the shuffle seed, so compare the mean over the same MAE_SEEDS seeds.
-    mae_tut = statistics.mean(errors(tutorial_run(s), test)["mae"] for s in MAE_SEEDS)
-    mae_ours = statistics.mean(errors(project_run(s), test)["mae"] for s in MAE_SEEDS)
+    mae_tut = statistics.mean(prediction_errors(tutorial_run(s), test)["mae"] for s in MAE_SEEDS)
+    mae_ours = statistics.mean(prediction_errors(project_run(s), test)["mae"] for s in MAE_SEEDS)
     speedup = t_tut / t_ours
     table.add(
         "training loop, tutorial (500x4, batch 16, MAE, SGD)",

@@ -16,7 +16,7 @@ import torch
 
 from torchreg.config import load_params
 from torchreg.data import make_block
-from torchreg.evaluation import errors, least_squares
+from torchreg.evaluation import least_squares, prediction_errors
 from torchreg.model import build_model
 from torchreg.training import fit, seeded
 
@@ -34,14 +34,14 @@ def main(argv: list[str] | None = None) -> None:
         data = params.data.model_copy(update={"seed": data_seed})
         train = torch.from_numpy(make_block(data, "train", 0, data.n_train))
         test = torch.from_numpy(make_block(data, "test", 0, data.n_test))
-        reference = errors(least_squares(train), test)["mae"]
+        reference = prediction_errors(least_squares(train), test)["mae"]
         for train_seed in args.train_seeds:
             cfg = params.train.model_copy(update={"seed": train_seed})
             model = build_model(
                 params.model, data.n_features, cfg.init_std, seeded(train_seed, "init")
             )
             fit(model, train, cfg, seeded(train_seed, "shuffle"))
-            mae = errors(model, test)["mae"]
+            mae = prediction_errors(model, test)["mae"]
             w_error = (model.w.detach().double() - torch.tensor(data.true_w)).abs().max().item()
             ratios.append(mae / reference)
             w_errors.append(w_error)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from torchreg.data import BLOCK_ROWS, DataFile, make_block, write_dataset
+from torchreg.data import CHUNK_ROWS, DataFile, make_block, write_dataset
 from torchreg.errors import DataError
 
 
@@ -31,11 +31,11 @@ def test_same_seed_same_bytes_other_seed_or_split_differs(tmp_path, params):
 
 def test_full_blocks_do_not_depend_on_total_size(tmp_path, params):
     """Block seeding: every full block is the same whatever the file's total size."""
-    write_dataset(tmp_path / "one.npy", params.data, "train", BLOCK_ROWS)
-    write_dataset(tmp_path / "more.npy", params.data, "train", BLOCK_ROWS + 10)
+    write_dataset(tmp_path / "one.npy", params.data, "train", CHUNK_ROWS)
+    write_dataset(tmp_path / "more.npy", params.data, "train", CHUNK_ROWS + 10)
     one, more = np.load(tmp_path / "one.npy"), np.load(tmp_path / "more.npy")
-    assert np.array_equal(one, more[:BLOCK_ROWS])
-    assert not np.array_equal(more[BLOCK_ROWS:], one[:10])
+    assert np.array_equal(one, more[:CHUNK_ROWS])
+    assert not np.array_equal(more[CHUNK_ROWS:], one[:10])
 
 
 def test_nonlinear_targets(params):

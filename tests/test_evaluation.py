@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from torchreg.data import make_block
-from torchreg.evaluation import curve_rows, errors, evaluate, least_squares, prediction_rows
+from torchreg.evaluation import (
+    curve_rows,
+    evaluate,
+    least_squares,
+    prediction_errors,
+    prediction_rows,
+)
 from torchreg.model import LinearRegression, build_model
 from torchreg.training import seeded
 
@@ -27,7 +33,7 @@ def test_least_squares_matches_lstsq_on_noisy_data(params):
 def test_errors_are_mae_and_rmse():
     model = LinearRegression(1)
     rows = torch.tensor([[0.0, 1.0], [0.0, -3.0]])  # model predicts 0
-    assert errors(model, rows) == {"mae": 2.0, "rmse": pytest.approx(5**0.5)}
+    assert prediction_errors(model, rows) == {"mae": 2.0, "rmse": pytest.approx(5**0.5)}
 
 
 def test_evaluate_reports_weight_errors_and_reference(params):

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
+from torchreg.context import RunContext
 from torchreg.data import make_block
 from torchreg.errors import DivergenceError
 from torchreg.model import build_model
-from torchreg.training import LOSSES, fit, seeded, uses_fast_path
+from torchreg.training import LOSSES, AutogradStep, FastLinearSGD, fit, make_step, seeded
 
 
 def train_rows(params, n=500):
@@ -14,7 +15,8 @@ def train_rows(params, n=500):
 def trained(params, rows, fast=None, **train_changes):
     cfg = params.train.model_copy(update=train_changes)
     model = build_model(params.model, rows.shape[1] - 1, cfg.init_std, seeded(cfg.seed, "init"))
-    history = fit(model, rows, cfg, seeded(cfg.seed, "shuffle"), fast=fast)
+    step = None if fast is None else (FastLinearSGD if fast else AutogradStep)(model, cfg)
+    history = fit(model, rows, cfg, seeded(cfg.seed, "shuffle"), step=step)
     return model, history
 
 
@@ -31,7 +33,10 @@ def test_recovers_true_weights(params):
 @pytest.mark.parametrize("loss", ["mae", "mse", "huber"])
 def test_fast_path_matches_autograd(params, loss):
     rows = train_rows(params, 203)  # 203 rows: the last batch is partial
-    assert uses_fast_path(build_model(params.model, 4, 0.01, seeded(0, "init")), params.train)
+    model = build_model(params.model, 4, 0.01, seeded(0, "init"))
+    assert isinstance(
+        make_step(model, params.train, RunContext(torch.device("cpu"))), FastLinearSGD
+    )
     fast, fast_hist = trained(params, rows, fast=True, epochs=20, lr=0.01, loss=loss)
     slow, slow_hist = trained(params, rows, fast=False, epochs=20, lr=0.01, loss=loss)
     assert torch.allclose(fast.w, slow.w, atol=1e-5) and torch.allclose(fast.b, slow.b, atol=1e-5)

@@ -1,7 +1,7 @@
 """Metrics, the closed-form reference fit, and the data behind the plots.
 
-Everything works in chunks of CHUNK_ROWS so a data file far larger than one chunk is never
-copied whole.
+Everything works a chunk of rows at a time (data.CHUNK_ROWS), so a data file far larger than
+one chunk is never copied whole.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import torch
 from torch import nn
 
 from torchreg.config import DataConfig, noise_floor_mae
-from torchreg.data import DataFile, true_function
+from torchreg.data import CHUNK_ROWS, DataFile, as_rows, true_function
 from torchreg.model import LinearRegression
 
-CHUNK_ROWS = 1 << 18
 CURVE_POINTS = 61
 SAMPLE_ROWS = 1000  # rows of the test set written for the scatter plots
 
@@ -25,19 +24,15 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([model(x[i : i + CHUNK_ROWS]) for i in range(0, len(x), CHUNK_ROWS)])
 
 
-Rows = torch.Tensor | DataFile
+Rows = torch.Tensor | DataFile  # in memory, or read from a file a chunk at a time
 
 
 def chunks(rows: Rows) -> Iterator[torch.Tensor]:
-    """Rows in chunks of CHUNK_ROWS, from memory or read from a file one chunk at a time."""
-    if isinstance(rows, torch.Tensor):
-        yield from rows.split(CHUNK_ROWS)
-    else:
-        yield from (torch.from_numpy(block) for block in rows.blocks(CHUNK_ROWS))
+    yield from (torch.from_numpy(block) for block in as_rows(rows).blocks())
 
 
 @torch.inference_mode()
-def errors(model: nn.Module, rows: Rows) -> dict[str, float]:
+def prediction_errors(model: nn.Module, rows: Rows) -> dict[str, float]:
     """MAE and RMSE of `model` on rows (features, then y), summed in float64."""
     abs_sum = sq_sum = 0.0
     n = 0
@@ -56,7 +51,7 @@ def least_squares(rows: Rows) -> LinearRegression:
     Accumulating X'X chunk by chunk keeps memory flat; in float64 this is as accurate as a QR
     solve for the well-conditioned designs here.
     """
-    d = (rows.shape[1] if isinstance(rows, torch.Tensor) else rows.columns) - 1
+    d = as_rows(rows).columns - 1
     gram = torch.zeros(d + 1, d + 1, dtype=torch.float64)
     moment = torch.zeros(d + 1, dtype=torch.float64)
     for chunk in chunks(rows):
@@ -74,13 +69,13 @@ def least_squares(rows: Rows) -> LinearRegression:
 def evaluate(model: nn.Module, cfg: DataConfig, train: Rows, test: Rows) -> dict:
     """All metrics, nested so `dvc exp show` shows columns like test.mae and train.mae."""
     reference = least_squares(train)
-    test_err = errors(model, test)
+    test_err = prediction_errors(model, test)
     metrics = {
         "test": test_err,
-        "train": {"mae": errors(model, train)["mae"]},
+        "train": {"mae": prediction_errors(model, train)["mae"]},
         "reference": {
-            "test_mae": errors(reference, test)["mae"],
-            "train_mae": errors(reference, train)["mae"],
+            "test_mae": prediction_errors(reference, test)["mae"],
+            "train_mae": prediction_errors(reference, train)["mae"],
         },
         "noise_floor_mae": noise_floor_mae(cfg.noise_std),
     }

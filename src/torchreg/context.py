@@ -1,0 +1,108 @@
+"""The run's context: device, rank, world size and "am I the process that writes", built once.
+
+A single process gets `RunContext(device)`. Under torchrun (WORLD_SIZE > 1) `joined()` joins
+the process group, takes this rank's GPU when training on CUDA, and tears the group down at
+the end; `launch()` starts this machine's ranks through torchrun's own launcher.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from torchreg.errors import ConfigError, UserError
+
+# How long a rank waits for a peer that has gone before the job fails (seconds).
+DIST_TIMEOUT_S = float(os.environ.get("TORCHREG_DIST_TIMEOUT_S", "60"))
+
+
+@dataclass(frozen=True)
+class RunContext:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_writer(self) -> bool:
+        """Only one process writes the model and the logs."""
+        return self.rank == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device for `train.device`. CUDA gives other bits than the CPU (other kernels), so it
+    is opt-in; there, torch's deterministic algorithms make a rerun on the same GPU model repeat
+    bit for bit (cuBLAS needs a fixed workspace for that, set before its first call)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.device = 'cuda' but no CUDA device is available here (allowed: auto, cpu)"
+        )
+    if name == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    return torch.device(name)
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@contextmanager
+def joined(device_name: str) -> Iterator[RunContext]:
+    """This process's context; under torchrun, as one rank of the job for the block's length."""
+    device = resolve_device(device_name)
+    if not under_torchrun():
+        yield RunContext(device)
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        yield RunContext(device, dist.get_rank(), dist.get_world_size())
+        # DDP's hooks make a reference cycle: collect it now, while the group is alive, not at
+        # interpreter exit (where gloo's threads abort the process).
+        gc.collect()
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(nproc: int, script: str, argv: list[str]) -> None:
+    """Run `script` as `nproc` ranks on this machine with torchrun's launcher; a rank that fails
+    stops the others and becomes one UserError."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+    )
+    try:
+        elastic_launch(config, sys.executable)(script, *argv)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        how = (
+            f"was killed by signal {-failure.exitcode}"
+            if failure.exitcode < 0
+            else f"failed with exit code {failure.exitcode}"
+        )
+        raise UserError(f"rank {rank} of {nproc} {how}; the others were stopped") from None

@@ -1,0 +1,95 @@
+"""What a training run reports while it runs: progress on the terminal, the loss through DVCLive.
+
+Both are epoch callbacks for `training.fit`, used only by the process that writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from tqdm import tqdm
+
+from torchreg.errors import UserError
+
+log = logging.getLogger(__name__)
+# How often the running summary (dvclive/metrics.json) is rewritten: often enough for
+# `dvc exp show` on a running experiment, rarely enough to cost nothing (DVCLive's next_step()
+# rewrites it and more on every call: about 5 ms a step).
+SUMMARY_EVERY_S = 1.0
+
+
+class Progress:
+    """A progress bar on a terminal; otherwise a log line every tenth of the run."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.every = epochs, max(1, epochs // 10)
+        self.bar = tqdm(total=epochs, desc="train", unit="epoch", disable=not sys.stderr.isatty())
+
+    def __call__(self, epoch: int, loss: float) -> None:
+        if self.bar.disable:
+            if (epoch + 1) % self.every == 0 or epoch == 0:
+                log.info("epoch %d/%d  loss %.6f", epoch + 1, self.epochs, loss)
+        else:
+            self.bar.set_postfix(loss=f"{loss:.6f}", refresh=False)
+            self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class LiveLog:
+    """The per-epoch loss in DVCLive's layout, written as training goes: each epoch appends a
+    row to dvclive/plots/metrics/train_loss.tsv, and the summary dvclive/metrics.json (what
+    `dvc exp show` reads from a running experiment) is rewritten at most every SUMMARY_EVERY_S.
+
+    The folder is cleared first, so it never mixes two runs (DVC removes it before the stage
+    anyway); the final summary is written when the block ends without an error, and a run that
+    fails or is interrupted removes its partial log. A SIGKILLed run leaves a partial log and no
+    model: DVC sees a failed stage and caches neither, and the next `dvc repro` reruns it.
+    """
+
+    def __init__(self, live_dir: Path) -> None:
+        self.live_dir = live_dir
+        self._last_summary = 0.0
+
+    def __enter__(self) -> LiveLog:
+        from dvclive import Live  # not at module import: it costs the stage half a second
+
+        try:
+            shutil.rmtree(self.live_dir, ignore_errors=True)
+            self.live = Live(str(self.live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+        except OSError as exc:
+            raise UserError(f"cannot write {self.live_dir}: {exc.strerror or exc}") from None
+        return self
+
+    def __call__(self, epoch: int, loss: float) -> None:
+        try:
+            self.live.step = epoch
+            self.live.log_metric("train_loss", loss)
+            now = time.monotonic()
+            if now - self._last_summary >= SUMMARY_EVERY_S:
+                self.live.make_summary()
+                self._last_summary = now
+        except OSError as exc:
+            raise UserError(f"cannot write {self.live_dir}: {exc.strerror or exc}") from None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is not None:
+            shutil.rmtree(self.live_dir, ignore_errors=True)
+            return
+        try:
+            self.live.make_summary()  # end() takes the step from the last summary written
+            self.live.end()
+        except OSError as exc:
+            shutil.rmtree(self.live_dir, ignore_errors=True)
+            raise UserError(f"cannot write {self.live_dir}: {exc.strerror or exc}") from None
