@@ -54,7 +54,8 @@ def params(raw_params) -> Params:
 def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("DVC_ROOT", None)
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
+    kw.setdefault("capture_output", True)
+    result = subprocess.run(cmd, cwd=cwd, env=env, text=True, **kw)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
