@@ -2,10 +2,18 @@
 # One entry point for a fresh clone:
 #   ./run.sh repro [dvc repro options]   set up .venv if needed, then run the pipeline
 #   ./run.sh test  [pytest options]      set up .venv if needed, then run the tests
-# Set-up creates .venv with Python >= 3.11 and installs the pinned dependencies; it is redone
-# only when pyproject.toml changes.
+#   ./run.sh setup                       set up .venv if needed, nothing else
+#   ./run.sh lock  [pip-compile options] regenerate requirements.lock (see tools/lock.sh)
+# Set-up creates .venv with Python >= 3.11 and installs exactly requirements.lock (every
+# package, pinned, hashed; torch is the CPU build); it is redone from scratch only when
+# requirements.lock or pyproject.toml changes.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+if [ "${1:-}" = lock ]; then
+  shift
+  exec tools/lock.sh "$@"
+fi
 
 python=${PYTHON:-}
 if [ -z "$python" ]; then
@@ -19,14 +27,23 @@ if ! "${python:-python3}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 
 fi
 
 stamp=.venv/.installed
-if [ ! -x .venv/bin/python ]; then
+want=$(cat requirements.lock pyproject.toml | sha256sum)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "run.sh: installing requirements.lock into a new .venv (first run takes a minute)" >&2
+  # A new venv, not an update: a package dropped from the lock must not linger.
+  rm -rf .venv
   "$python" -m venv .venv
-fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "run.sh: installing pinned dependencies into .venv (first run takes a minute)" >&2
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[${EXTRAS:-test}]"
-  touch "$stamp"
+  pip=(.venv/bin/python -m pip install --quiet --no-deps)
+  torch=$(grep -m1 '^torch==' requirements.lock)
+  # torch has no hash in the lock (see tools/lock.sh). A wheel already in pip's find-links (a
+  # local wheelhouse) is used without asking the network; else PyTorch's CPU index has it.
+  "${pip[@]}" --no-index "$torch" 2>/dev/null ||
+    "${pip[@]}" --extra-index-url https://download.pytorch.org/whl/cpu "$torch"
+  grep -v '^torch==' requirements.lock >.venv/requirements-hashed.txt
+  "${pip[@]}" --require-hashes -r .venv/requirements-hashed.txt
+  # The project itself, editable; its build backend (setuptools) is in the lock.
+  "${pip[@]}" --no-build-isolation -e .
+  echo "$want" >"$stamp"
 fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
@@ -34,7 +51,8 @@ source .venv/bin/activate
 command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
+  setup) ;;
   repro) exec dvc repro "$@" ;;
   test) exec python -m pytest "$@" ;;
-  *) echo "usage: ./run.sh repro|test [options]" >&2; exit 2 ;;
+  *) echo "usage: ./run.sh setup|repro|test|lock [options]" >&2; exit 2 ;;
 esac
