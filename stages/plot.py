@@ -22,24 +22,33 @@ log = logging.getLogger("plot")
 
 
 def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
-    loss = read_tsv(inputs["loss"], "train")
-    pred = read_tsv(inputs["predictions"], "evaluate")
-    curve = read_tsv(inputs["curves"], "evaluate")
-    metrics = read_json(inputs["metrics"], "evaluate")
     feature = params.plot.feature
-    if f"x{feature}" not in pred:
+    loss = read_tsv(inputs["loss"], "train", ["step", "train_loss"])
+    pred = read_tsv(
+        inputs["predictions"],
+        "evaluate",
+        [f"x{feature}", "actual", "predicted", "residual", f"partial_x{feature}"],
+    )
+    curve = read_tsv(inputs["curves"], "evaluate", ["feature", "x", "model", "truth"])
+    if feature not in {int(f) for f in curve["feature"]}:
         raise DataError(
-            f"{inputs['predictions']} has no column x{feature}: rerun the pipeline (dvc repro)"
+            f"{inputs['curves']}: has no curve for feature {feature}: rerun dvc repro evaluate"
         )
+    metrics = read_json(inputs["metrics"], "evaluate")
     try:
-        floor = metrics["noise_floor_mae"]
+        floor = float(metrics["noise_floor_mae"])
         subtitle = (
-            f"test MAE {metrics['test']['mae']:.4g} (closed-form fit "
-            f"{metrics['reference']['test_mae']:.4g}, noise floor {floor:.3g})"
+            f"test MAE {float(metrics['test']['mae']):.4g} (closed-form fit "
+            f"{float(metrics['reference']['test_mae']):.4g}, noise floor {floor:.3g})"
         )
-    except (KeyError, TypeError) as exc:
+    except KeyError as exc:
         raise DataError(f"{inputs['metrics']}: missing {exc}: rerun dvc repro evaluate") from None
-    loss_key = next(k for k in loss if k != "step")
+    except (TypeError, ValueError):
+        raise DataError(
+            f"{inputs['metrics']}: test.mae, reference.test_mae and noise_floor_mae must be "
+            "numbers: rerun dvc repro evaluate"
+        ) from None
+    loss_key = "train_loss"
     figures = {
         "fit.png": fit_figure(pred, curve, feature, subtitle),
         "loss.png": loss_figure(loss["step"], loss[loss_key], params.train.loss, floor),

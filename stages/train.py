@@ -18,13 +18,14 @@ import logging
 import sys
 from pathlib import Path
 
+from torchreg.budget import check_memory, check_processes, train_bytes
 from torchreg.cli import run_main
 from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import DataFile
 from torchreg.model import build_model, save_model
 from torchreg.tracking import LiveLog, Progress
-from torchreg.training import fit, seeded
+from torchreg.training import Windows, fit, seeded
 
 log = logging.getLogger("train")
 
@@ -58,6 +59,23 @@ def run(
     return history
 
 
+def check_budget(params: Params, data: DataFile) -> None:
+    """Refuse a run this machine cannot hold before any big allocation (and before launching
+    ranks): processes against cores, memory against what is available."""
+    cfg = params.train
+    check_processes(cfg.nproc, cfg.device)
+    window = (
+        min(data.rows, Windows.rows_per_window(data.columns, cfg.batch_size)) * data.columns * 4
+    )
+    needed = cfg.nproc * train_bytes(params.model, cfg, data.n_features, window)
+    check_memory(
+        needed,
+        f"training this model (model.hidden = {list(params.model.hidden)}, "
+        f"train.batch_size = {cfg.batch_size}, train.nproc = {cfg.nproc})",
+        "lower model.hidden, train.batch_size or train.nproc",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -68,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         params = load_params(args.params)
+        if not under_torchrun():  # checked once, by the process that starts the run
+            check_budget(params, DataFile(args.data))
         if params.train.nproc > 1 and not under_torchrun():
             launch(params.train.nproc, __file__, sys.argv[1:] if argv is None else argv)
             return

@@ -164,3 +164,63 @@ def test_bad_input_on_one_node_fails_both_promptly(data_repo, tmp_path):
     assert any("data/train.npy: not a valid data file" in out for out in outputs)
     assert not (data_repo / "models/model.safetensors").exists()
     assert not (other / "models/model.safetensors").exists()
+
+
+def start_two_ranks(repo: Path) -> subprocess.Popen:
+    """The train stage with train.nproc 2, in its own process group (as a shell would start
+    it), once both ranks are training."""
+    set_params(repo, train__nproc=2, train__epochs=1_000_000)
+    proc = subprocess.Popen(
+        [sys.executable, "stages/train.py"],
+        cwd=repo,
+        env=env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    log = repo / "dvclive/plots/metrics/train_loss.tsv"  # rank 0 logs once both train
+    deadline = time.monotonic() + 90
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert log.exists() and rank_pid(0) and rank_pid(1), "the ranks never started training"
+    return proc
+
+
+def wait_gone(timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if rank_pid(0) is None and rank_pid(1) is None:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize(
+    "sig,to_group,line",
+    [
+        (signal.SIGINT, True, "train: interrupted; no output was written"),  # Ctrl-C
+        (signal.SIGTERM, False, "train: terminated (SIGTERM); no output was written"),
+    ],
+)
+def test_an_interrupt_stops_every_rank_with_one_line(data_repo, sig, to_group, line):
+    proc = start_two_ranks(data_repo)
+    if to_group:
+        os.killpg(proc.pid, sig)  # a terminal's Ctrl-C reaches the whole foreground group
+    else:
+        proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig
+    assert stderr.strip().splitlines()[-1] == line
+    assert "Traceback" not in stderr and stderr.count("no output was written") == 1, stderr
+    assert wait_gone()
+    assert not (data_repo / "models/model.safetensors").exists()
+    assert not (data_repo / "dvclive").exists()
+
+
+def test_ranks_die_with_a_killed_launcher_and_never_write(data_repo):
+    proc = start_two_ranks(data_repo)
+    proc.kill()  # SIGKILL: the launcher cannot stop its ranks itself
+    proc.wait(timeout=10)
+    assert wait_gone(), "ranks outlived the launcher"
+    time.sleep(2)
+    assert not (data_repo / "models/model.safetensors").exists()

@@ -50,6 +50,7 @@ def test_plot_tables(params):
     test = torch.from_numpy(make_block(params.data, "test", 0, 50))
     model = build_model(params.model, 4, 0.01, seeded(0, "init"))
     header, rows = prediction_rows(model, test)
+    rows = list(rows)
     assert header[:7] == ["x0", "x1", "x2", "x3", "actual", "predicted", "residual"]
     assert len(rows) == 50 and len(rows[0]) == len(header)
     # linear model: the partial residual of feature j is y - sum_{k != j} w_k x_k

@@ -24,9 +24,9 @@ if [ ! -x .venv-lock/bin/pip-compile ]; then
   "$python" -m venv .venv-lock
   .venv-lock/bin/python -m pip install --quiet pip-tools==7.6.2
 fi
-.venv-lock/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --all-extras \
+CUSTOM_COMPILE_COMMAND="./run.sh lock" .venv-lock/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --all-extras \
   ${torch_index:+--extra-index-url "$torch_index"} --no-emit-index-url --no-emit-find-links \
-  --custom-compile-command "./run.sh lock" --output-file requirements.lock "$@" pyproject.toml
+  --output-file requirements.lock "$@" pyproject.toml
 
 # Drop torch's hashes (see above), leaving one plain line `torch==X+cpu`.
 awk '

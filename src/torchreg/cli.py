@@ -4,24 +4,38 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
 from torchreg.errors import UserError
 
+# The pid of the train stage process that launched this rank (set by context.launch). Such a
+# rank stays quiet on an interrupt: the launcher reports it, once.
+LAUNCHER_ENV = "TORCHREG_LAUNCHER_PID"
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signum)
+
 
 def run_main(stage: str, body: Callable[[], object]) -> None:
-    """Run a stage body; a user mistake or Ctrl-C ends it with one line, not a traceback."""
+    """Run a stage body; a user mistake, Ctrl-C or SIGTERM ends it with one line, not a
+    traceback (exit 2 for a mistake, 128 + the signal's number for an interrupt)."""
     logging.basicConfig(
         level=os.environ.get("TORCHREG_LOG_LEVEL", "INFO"),
         format=f"{stage}: %(message)s",
         stream=sys.stderr,
     )
+    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: clean up, one line
     try:
         body()
     except UserError as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{stage}: interrupted; no output was written", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+        if os.environ.get(LAUNCHER_ENV, str(os.getpid())) == str(os.getpid()):
+            name = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+            print(f"{stage}: {name}; no output was written", file=sys.stderr)
+        sys.exit(128 + signum)

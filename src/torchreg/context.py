@@ -7,10 +7,12 @@ the end; `launch()` starts this machine's ranks through torchrun's own launcher.
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import gc
 import logging
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -20,10 +22,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from torchreg.cli import LAUNCHER_ENV
 from torchreg.errors import ConfigError, UserError
 
 # How long a rank waits for a peer that has gone before the job fails (seconds).
 DIST_TIMEOUT_S = float(os.environ.get("TORCHREG_DIST_TIMEOUT_S", "60"))
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ def joined(device_name: str) -> Iterator[RunContext]:
     if not under_torchrun():
         yield RunContext(device)
         return
+    die_with_launcher()
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
     if device.type == "cuda":
@@ -79,9 +84,23 @@ def joined(device_name: str) -> Iterator[RunContext]:
         dist.destroy_process_group()
 
 
+def die_with_launcher() -> None:
+    """A rank launched by `launch` ends when the stage process that launched it ends, however
+    it ends (even SIGKILL): the kernel kills it (Linux's parent-death signal), so it can never
+    write outputs for a stage that has already failed."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if not launcher:
+        return
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(launcher):  # it died before the line above took effect
+        os._exit(1)
+
+
 def launch(nproc: int, script: str, argv: list[str]) -> None:
     """Run `script` as `nproc` ranks on this machine with torchrun's launcher; a rank that fails
     stops the others and becomes one UserError."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -96,10 +115,15 @@ def launch(nproc: int, script: str, argv: list[str]) -> None:
         max_restarts=0,
         monitor_interval=0.1,
     )
+    os.environ[LAUNCHER_ENV] = str(os.getpid())
     try:
         elastic_launch(config, sys.executable)(script, *argv)
+    except SignalException as exc:  # the launcher got SIGINT/SIGTERM and stopped the ranks
+        raise KeyboardInterrupt(int(exc.sigval)) from None
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
+        if failure.exitcode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            raise KeyboardInterrupt(failure.exitcode - 128) from None  # Ctrl-C reached the ranks
         how = (
             f"was killed by signal {-failure.exitcode}"
             if failure.exitcode < 0

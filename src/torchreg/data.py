@@ -54,7 +54,13 @@ def make_block(cfg: DataConfig, split: str, block: int, rows: int) -> np.ndarray
     out = np.empty((rows, cfg.n_features + 1), dtype=np.float32)
     out[:, :-1] = rng.standard_normal((rows, cfg.n_features), dtype=np.float32)
     noise = rng.standard_normal(rows) * cfg.noise_std
-    out[:, -1] = true_function(cfg, out[:, :-1]) + noise
+    with np.errstate(over="ignore", invalid="ignore"):
+        out[:, -1] = true_function(cfg, out[:, :-1]) + noise
+    if not np.isfinite(out[:, -1]).all():
+        raise DataError(
+            "data: y overflows float32 (beyond +-3.4e38) with these data.true_w, data.true_b "
+            "and data.noise_std: use smaller values"
+        )
     return out
 
 
@@ -119,6 +125,7 @@ class DataFile:
             f.seek(self._offset + start * self.columns * 4)
             if f.readinto(memoryview(out).cast("B")) != out.nbytes:
                 raise DataError(f"{self.path}: file is shorter than its header says")
+        _check_finite(out, self.path, start)
         return out
 
     def blocks(self, rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
@@ -137,7 +144,16 @@ class ArrayRows(DataFile):
         self.rows, self.columns = self._array.shape
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self._array[start:stop]
+        block = self._array[start:stop]
+        _check_finite(block, self.path, start)
+        return block
+
+
+def _check_finite(block: np.ndarray, path: Path, start: int) -> None:
+    """NaN or inf in the data would surface later as a 'diverged' loss: name the row instead."""
+    if not np.isfinite(block).all():
+        row = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+        raise DataError(f"{path}: row {row} has a NaN or infinite value; regenerate the data")
 
 
 def as_rows(source: object) -> DataFile:

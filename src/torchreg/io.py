@@ -12,7 +12,7 @@ import glob
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from torchreg.errors import DataError, UserError
@@ -62,18 +62,21 @@ def write_json(path: str | Path, obj: object) -> None:
     write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def write_tsv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[float]]) -> None:
-    lines = ["\t".join(header)]
-    lines += ["\t".join(_fmt(v) for v in row) for row in rows]
-    write_bytes(path, ("\n".join(lines) + "\n").encode())
+def write_tsv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[float]]) -> None:
+    """Write a table a row at a time (memory stays at one row, however wide the table)."""
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
+        f.write("\t".join(header) + "\n")
+        for row in rows:
+            f.write("\t".join(_fmt(v) for v in row) + "\n")
 
 
 def _fmt(value: float) -> str:
     return repr(round(float(value), 7)) if isinstance(value, float) else str(value)
 
 
-def read_tsv(path: str | Path, stage: str) -> dict[str, list[float]]:
-    """Read a numeric TSV into columns; say which stage makes it if it is missing."""
+def read_tsv(path: str | Path, stage: str, required: Sequence[str] = ()) -> dict[str, list[float]]:
+    """Read a numeric TSV into columns; say which stage makes it if it is missing, and which
+    `required` columns it lacks."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8") as f:
@@ -86,6 +89,13 @@ def read_tsv(path: str | Path, stage: str) -> dict[str, list[float]]:
         raise DataError(f"{path}: cannot be read: {exc}") from None
     if not rows:
         raise DataError(f"{path}: has no rows")
+    missing = [name for name in required if name not in rows[0]]
+    if missing:
+        has = ", ".join(map(str, rows[0]))[:200]
+        raise DataError(
+            f"{path}: has no column {', '.join(missing)} (has {has}): "
+            f"rerun the {stage} stage (dvc repro {stage})"
+        )
     try:
         return {k: [float(r[k]) for r in rows] for k in rows[0]}
     except (TypeError, ValueError) as exc:

@@ -15,8 +15,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from torchreg.budget import check_memory, model_bytes
 from torchreg.config import ModelConfig
-from torchreg.errors import DataError
+from torchreg.data import CHUNK_ROWS
+from torchreg.errors import ConfigError, DataError
 from torchreg.io import write_bytes
 
 FORMAT_VERSION = 2  # 1 was a torch.save archive
@@ -62,6 +64,11 @@ def build_model(
         with torch.no_grad():
             for p in model.parameters():
                 p.normal_(0.0, init_std, generator=generator)
+            if not all(p.isfinite().all() for p in model.parameters()):
+                raise ConfigError(
+                    f"train.init_std = {init_std:g} gives non-finite initial weights in float32 "
+                    "(beyond +-3.4e38): use a smaller train.init_std"
+                )
         return model
     model = MLP(n_features, cfg.hidden, cfg.activation)
     with torch.no_grad():
@@ -113,8 +120,13 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelConfig, int]:
                     f"{path}: model file is inconsistent (tensors {_short(shapes)}, "
                     f"the config needs {_short(expected)})"
                 )
+            check_memory(
+                2 * model_bytes(cfg, n_features, CHUNK_ROWS),
+                f"the model in {path} (model.hidden = {list(cfg.hidden)})",
+                "this machine cannot use it",
+            )
             state = {name: f.get_tensor(name) for name in expected}
-    except DataError:
+    except (ConfigError, DataError):
         raise
     except Exception as exc:  # safetensors, json and pydantic raise many types for bad files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

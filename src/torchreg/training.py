@@ -67,7 +67,13 @@ def fit(
     """
     ctx = ctx or RunContext(next(model.parameters()).device)
     source = Windows(as_rows(rows), cfg.batch_size, ctx.device)
-    limit = DIVERGENCE_FACTOR * max(initial_loss(model, source.get(0), cfg.loss), 1e-6)
+    start_loss = initial_loss(model, source.get(0), cfg.loss)
+    if not math.isfinite(start_loss):
+        raise DivergenceError(
+            f"the untrained model's loss is already {start_loss} before any step: the data or "
+            "the initial weights (train.init_std) are too large for float32"
+        )
+    limit = DIVERGENCE_FACTOR * max(start_loss, 1e-6)
     step = step or make_step(model, cfg, ctx)
     history: list[float] = []
     for epoch in range(cfg.epochs):
@@ -97,9 +103,10 @@ def check_divergence(loss: float, limit: float, epoch: int, lr: float) -> None:
             f"{limit / DIVERGENCE_FACTOR:.4g}"
         )
     )
+    # No suggested value: nothing here shows that any particular smaller lr would converge.
     raise DivergenceError(
         f"training diverged at epoch {epoch + 1}: the loss {what} with "
-        f"train.lr = {lr:g}; try a smaller train.lr (e.g. {lr / 10:g})"
+        f"train.lr = {lr:g}; try a smaller train.lr"
     )
 
 
@@ -117,10 +124,14 @@ class Windows:
 
     def __init__(self, rows: DataFile, batch_size: int, device: torch.device) -> None:
         self.rows, self.count, self.device = rows, rows.rows, device
-        per_window = max(1, WINDOW_BYTES // (rows.columns * 4))
-        self.size = max(1, per_window // batch_size) * batch_size
+        self.size = self.rows_per_window(rows.columns, batch_size)
         self.n_windows = -(-self.count // self.size)
         self._kept: torch.Tensor | None = None
+
+    @staticmethod
+    def rows_per_window(columns: int, batch_size: int) -> int:
+        per_window = max(1, WINDOW_BYTES // (columns * 4))
+        return max(1, per_window // batch_size) * batch_size
 
     def get(self, index: int) -> torch.Tensor:
         if self._kept is not None:
