@@ -23,9 +23,9 @@ def test_running_experiment_shows_its_loss(repo):
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and len(seen) < 2:
             for row in dvc.api.exp_show(repo=str(repo)):
-                if row.get("Experiment") == "long" and row.get("State") == "Running":
-                    if row.get("train_loss") is not None and row["step"] not in seen:
-                        seen.append(row["step"])
+                running = row.get("Experiment") == "long" and row.get("State") == "Running"
+                if running and row.get("train_loss") is not None and row["step"] not in seen:
+                    seen.append(row["step"])
             time.sleep(1)
         # Two different epochs seen while it ran: the summary is rewritten as it trains.
         assert len(seen) >= 2, f"no live loss seen within 180 s (saw steps {seen})"
