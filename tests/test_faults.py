@@ -235,3 +235,112 @@ def test_unwritable_output_is_one_clear_error(repo, tmp_path):
         locked.mkdir(mode=0o500)
         line = one_clean_line(_stage(repo, "train", "--model", str(locked / "m.pt")), "train")
         assert "Permission denied" in line and not list(locked.iterdir())
+
+
+def peak_rss_mib(repo: Path, name: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run a stage in a fresh interpreter that reports its own peak RSS on exit."""
+    runner = (
+        "import atexit, resource, runpy, sys; "
+        "atexit.register(lambda: print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+        " file=sys.stderr)); sys.argv = [sys.argv[1]]; runpy.run_path(sys.argv[0], "
+        "run_name='__main__')"
+    )
+    env = {**os.environ, "PYTHONPATH": "src"}
+    result = subprocess.run(
+        [sys.executable, "-c", runner, f"stages/{name}.py"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    rss = [ln for ln in result.stderr.splitlines() if ln.startswith("RSS ")]
+    return result, int(rss[-1].split()[1]) / 1024 if rss else float("nan")
+
+
+def test_evaluate_memory_is_linear_in_features(repo):
+    """4096 features (the allowed maximum): the sample tables are built a feature at a time."""
+    set_params(repo, data__true_w=[1.0] * 4096, train__epochs=1, plot__feature=0)
+    for name in ("generate", "train"):
+        _stage(repo, name, check=True)
+    result, rss = peak_rss_mib(repo, "evaluate")
+    assert result.returncode == 0, result.stderr
+    assert rss < 1500, f"evaluate peaked at {rss:.0f} MiB"
+
+
+def test_a_network_this_machine_cannot_hold_is_refused_before_training(repo):
+    _stage(repo, "generate", check=True)
+    set_params(repo, model__kind="mlp", model__hidden=[65536, 65536])
+    start = time.monotonic()
+    line = one_clean_line(_stage(repo, "train"), "train")
+    assert time.monotonic() - start < 30
+    assert "model.hidden = [65536, 65536]" in line and "GiB of memory" in line
+    assert not (repo / "models/model.safetensors").exists()
+
+
+def test_more_ranks_than_cores_is_refused_before_launching(repo):
+    _stage(repo, "generate", check=True)
+    set_params(repo, train__nproc=64)
+    line = one_clean_line(_stage(repo, "train"), "train")
+    assert "train.nproc = 64 but this machine has" in line
+
+
+@pytest.mark.parametrize(
+    "changes,stage,message",
+    [
+        ({"data__true_w": [1e300, 2.0, 2.0, 4.0]}, "generate", "y overflows float32"),
+        ({"train__init_std": 1e39}, "train", "train.init_std = 1e+39"),
+    ],
+)
+def test_non_finite_numbers_are_blamed_on_their_cause(repo, changes, stage, message):
+    if stage != "generate":
+        _stage(repo, "generate", check=True)
+    set_params(repo, **changes)
+    line = one_clean_line(_stage(repo, stage), stage)
+    assert message in line and "train.lr" not in line
+    assert not (repo / "data/train.npy").exists() or stage != "generate"
+
+
+def test_nan_in_the_data_names_the_row_not_the_learning_rate(repo):
+    _stage(repo, "generate", check=True)
+    _stage(repo, "train", check=True)  # a model for evaluate
+    data = np.load(repo / "data/train.npy")
+    data[7, 2] = np.nan
+    np.save(repo / "data/train.npy", data)
+    for name in ("train", "evaluate"):
+        line = one_clean_line(_stage(repo, name), name)
+        assert "data/train.npy: row 7 has a NaN or infinite value" in line, line
+
+
+def test_sigterm_is_handled_like_ctrl_c(repo):
+    _stage(repo, "generate", check=True)
+    set_params(repo, train__epochs=1_000_000)
+    proc = start(repo, "train")
+    for line in proc.stderr:
+        if "epoch 1/" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert stderr.strip().splitlines() == ["train: terminated (SIGTERM); no output was written"]
+    assert not (repo / "models/model.safetensors").exists()
+    assert not (repo / "dvclive").exists()
+
+
+@pytest.mark.parametrize(
+    "table,content,message",
+    [
+        ("plots/predictions.tsv", "x0\tactual\n1.0\t2.0\n", "has no column"),
+        ("plots/curves.tsv", "feature\tx\tmodel\ttruth\n0\t1\t1\t1\n", "no curve for feature 3"),
+        ("dvclive/plots/metrics/train_loss.tsv", "step\n0\n", "has no column train_loss"),
+        ("metrics/evaluate.json", '{"test": {}}', "missing"),
+        (
+            "metrics/evaluate.json",
+            '{"test": {"mae": "x"}, "reference": {"test_mae": 1}, "noise_floor_mae": 1}',
+            "must be numbers",
+        ),
+    ],
+)
+def test_plot_inputs_with_wrong_columns_are_one_line(built, table, content, message):
+    (built / table).write_text(content)
+    line = one_clean_line(_stage(built, "plot"), "plot")
+    assert message in line and table in line
