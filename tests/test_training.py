@@ -184,3 +184,25 @@ def test_average_is_the_mean_of_the_steps_from_the_start_epoch(params):
     expected = torch.stack(after[8:]).double().mean(0)  # epochs 2 and 3 of 0..3
     got = torch.cat([model.w.detach(), model.b.detach().reshape(1)]).double()
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_data_parallel_step_schedules_and_averages_the_plain_module(params, tmp_path, schedule):
+    """DataParallelStep in a one-process gloo group: schedule and average as AutogradStep's."""
+    import torch.distributed as dist
+
+    from torchreg.training import DataParallelStep
+
+    rows = train_rows(params, 100)
+    changes = {"epochs": 6, "lr": 0.01, "lr_schedule": schedule, "average": "swa"}
+    cfg = params.train.model_copy(update=changes)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        model = build_model(params.model, 4, cfg.init_std, seeded(0, "init"))
+        ctx = RunContext(torch.device("cpu"), 0, 1)
+        fit(model, rows, cfg, seeded(0, "shuffle"), ctx, step=DataParallelStep(model, cfg, ctx))
+    finally:
+        dist.destroy_process_group()
+    single, _ = trained(params, rows, fast=False, **changes)
+    assert torch.allclose(model.w, single.w, atol=1e-6)
+    assert torch.allclose(model.b, single.b, atol=1e-6)
