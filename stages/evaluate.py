@@ -1,6 +1,7 @@
-"""Evaluate the trained model against the test set and the closed-form least-squares fit.
+"""Evaluate the trained model against the test set, the closed-form least-squares fit and (for
+the linear model) the exact minimizer of the training loss.
 
-Reads:  params.yaml (data.true_w, data.true_b, data.noise_std, data.target),
+Reads:  params.yaml (data.true_w, data.true_b, data.noise_std, data.target, train.loss),
         models/model.safetensors, data/train.npy, data/test.npy
 Writes: metrics/evaluate.json (test.mae, test.rmse, train.mae, reference.test_mae, ...),
         plots/predictions.tsv (a sample of test rows with predictions),
@@ -27,8 +28,14 @@ log = logging.getLogger("evaluate")
 
 
 def run(
-    cfg: DataConfig, model_path: Path, train_path: Path, test_path: Path, out: dict[str, Path]
+    cfg: DataConfig,
+    model_path: Path,
+    train_path: Path,
+    test_path: Path,
+    out: dict[str, Path],
+    loss: str = "mae",
 ) -> dict:
+    """`loss` is train.loss, the loss whose exact minimizer the linear model is compared with."""
     model, _, n_features = load_model(model_path)
     train, test = DataFile(train_path), DataFile(test_path)  # read a chunk at a time
     for path, rows in ((train_path, train), (test_path, test)):
@@ -42,7 +49,7 @@ def run(
             f"{model_path} has {n_features} features but data.true_w has {cfg.n_features}: "
             "rerun the pipeline (dvc repro)"
         )
-    metrics = evaluate(model, cfg, train, test)
+    metrics = evaluate(model, cfg, train, test, loss)
     # Write the tables first and the metrics last: a complete metrics file marks a complete run.
     sample = torch.from_numpy(test.read(0, SAMPLE_ROWS))
     write_tsv(out["predictions"], *prediction_rows(model, sample))
@@ -69,10 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--curves", type=Path, default=Path("plots/curves.tsv"))
     args = parser.parse_args(argv)
     out = {"metrics": args.metrics, "predictions": args.predictions, "curves": args.curves}
-    run_main(
-        "evaluate",
-        lambda: run(load_params(args.params).data, args.model, args.train, args.test, out),
-    )
+
+    def body() -> dict:
+        params = load_params(args.params)
+        return run(params.data, args.model, args.train, args.test, out, params.train.loss)
+
+    run_main("evaluate", body)
 
 
 if __name__ == "__main__":

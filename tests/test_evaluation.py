@@ -6,6 +6,8 @@ from torchreg.evaluation import (
     curve_rows,
     evaluate,
     least_squares,
+    mean_loss,
+    minimizer,
     prediction_errors,
     prediction_rows,
 )
@@ -65,3 +67,59 @@ def test_plot_tables(params):
     f, x0, m, t = curve[3 * 61]
     assert f == 3 and m == pytest.approx(w[3].item() * x0 + b, abs=1e-5)
     assert t == pytest.approx(8.1 * 0 + 4.0 * x0 + 1.1, abs=1e-5)
+
+
+def line_with_outlier(n=21):
+    """Points exactly on y = 2x + 1, but one far above the line."""
+    x = torch.linspace(-1, 1, n)
+    y = 2 * x + 1
+    y[3] += 40.0
+    return torch.stack([x, y], 1)
+
+
+def test_lad_of_an_intercept_is_the_median():
+    y = torch.tensor([0.0, 1.0, 2.0, 10.0, 100.0])
+    rows = torch.stack([torch.zeros(5), y], 1)  # a feature that is always 0: only b matters
+    assert minimizer(rows, "mae").b.item() == pytest.approx(2.0, abs=1e-6)
+
+
+def test_lad_ignores_an_outlier_that_least_squares_follows():
+    rows = line_with_outlier()
+    lad, ls = minimizer(rows, "mae"), least_squares(rows)
+    assert lad.w.item() == pytest.approx(2.0, abs=1e-6) and lad.b.item() == pytest.approx(
+        1.0, abs=1e-6
+    )
+    assert abs(ls.b.item() - 1.0) > 1.5  # 40 / 21 of the outlier moves the mean fit
+
+
+def test_huber_lies_between_lad_and_least_squares():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, generator=g)
+    y = 2 * x + 1 + 0.3 * torch.randn(2000, generator=g)
+    y[:100] += 30.0  # far beyond huber's delta of 1: huber bounds their pull, mse does not
+    rows = torch.stack([x, y], 1)
+    b = {loss: minimizer(rows, loss).b.item() for loss in ("mae", "huber", "mse")}
+    assert b["mae"] < b["huber"] < b["mse"]
+    for loss in ("mae", "huber"):  # a minimizer: nudging it any way raises the training loss
+        fit = minimizer(rows, loss)
+        best = mean_loss(fit, rows, loss)
+        for dw, db in ((1e-3, 0), (-1e-3, 0), (0, 1e-3), (0, -1e-3)):
+            nudged = LinearRegression(1).requires_grad_(False)
+            nudged.w.copy_(fit.w + dw)
+            nudged.b.copy_(fit.b + db)
+            assert mean_loss(nudged, rows, loss) > best
+
+
+def test_mse_minimizer_is_least_squares(params):
+    rows = torch.from_numpy(make_block(params.data, "train", 0, 300))
+    fit, ls = minimizer(rows, "mse"), least_squares(rows)
+    assert torch.equal(fit.w, ls.w) and torch.equal(fit.b, ls.b)
+
+
+def test_evaluate_compares_with_the_minimizer(params):
+    train = torch.from_numpy(make_block(params.data, "train", 0, 500))
+    test = torch.from_numpy(make_block(params.data, "test", 0, 200))
+    best = minimizer(train, "mae")
+    metrics = evaluate(best, params.data, train, test, "mae")
+    assert metrics["test"]["mae_vs_minimizer"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["reference"]["minimizer_train_loss"] <= metrics["reference"]["train_mae"]

@@ -1,11 +1,22 @@
+import math
+
 import pytest
 import torch
 
+from torchreg.config import parse_params
 from torchreg.context import RunContext
 from torchreg.data import make_block
 from torchreg.errors import DivergenceError
 from torchreg.model import build_model
-from torchreg.training import LOSSES, AutogradStep, FastLinearSGD, fit, make_step, seeded
+from torchreg.training import (
+    LOSSES,
+    AutogradStep,
+    FastLinearSGD,
+    epoch_lrs,
+    fit,
+    make_step,
+    seeded,
+)
 
 
 def train_rows(params, n=500):
@@ -85,3 +96,113 @@ def test_training_is_deterministic(params):
 def test_divergence_stops_with_a_clear_error(params, fast):
     with pytest.raises(DivergenceError, match=r"diverged at epoch \d+.*smaller train.lr"):
         trained(params, train_rows(params, 100), fast=fast, epochs=200, lr=1e6, loss="mse")
+
+
+# Weights after 5 epochs (lr 0.01, 100 rows, train seed 0) from the code before lr_schedule and
+# average existed, as exact float32 values: the defaults must keep every bit.
+BEFORE_SCHEDULES = {
+    True: (["0x1.b3576p-3", "0x1.51db6ap-4", "0x1.360f86p-8", "0x1.3abebcp-3"], "0x1.040c58p-4"),
+    False: (["0x1.b3575cp-3", "0x1.51db6ap-4", "0x1.360f7p-8", "0x1.3abeb8p-3"], "0x1.040c62p-4"),
+}
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_defaults_keep_the_weights_bit_for_bit(params, raw_params, fast):
+    for key in ("lr_schedule", "average", "average_start"):
+        raw_params["train"].pop(key, None)
+    implicit = parse_params(raw_params)
+    assert implicit.train.lr_schedule == "constant" and implicit.train.average == "none"
+    rows = train_rows(params, 100)
+    explicit = {"lr_schedule": "constant", "average": "none", "epochs": 5, "lr": 0.01}
+    for p, changes in ((implicit, {"epochs": 5, "lr": 0.01}), (params, explicit)):
+        model, _ = trained(p, rows, fast=fast, **changes)
+        w, b = BEFORE_SCHEDULES[fast]
+        assert [v.hex() for v in model.w.tolist()] == [float.fromhex(v).hex() for v in w]
+        assert model.b.item().hex() == float.fromhex(b).hex()
+
+
+def test_schedules_give_the_documented_lrs(params):
+    cfg = params.train.model_copy(update={"epochs": 8, "lr": 0.5})
+    assert epoch_lrs(cfg) == [0.5] * 8
+    step = epoch_lrs(cfg.model_copy(update={"lr_schedule": "step"}))
+    assert step == pytest.approx([0.5] * 4 + [0.05] * 2 + [0.005] * 2, rel=1e-12)
+    cosine = epoch_lrs(cfg.model_copy(update={"lr_schedule": "cosine"}))
+    expected = [0.5 * (1 + math.cos(math.pi * e / 8)) / 2 for e in range(8)]
+    assert cosine == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
+def test_both_paths_train_with_the_same_lr_sequence(params, schedule):
+    """The fast path's lr and the optimizer's lr, read during each epoch, are the same floats."""
+    cfg = params.train.model_copy(update={"epochs": 7, "lr": 0.01, "lr_schedule": schedule})
+    rows = train_rows(params, 50)
+    seen = {}
+    for fast in (True, False):
+        model = build_model(params.model, 4, cfg.init_std, seeded(0, "init"))
+        step = FastLinearSGD(model, cfg) if fast else AutogradStep(model, cfg)
+        lrs = seen[fast] = []
+        read = (lambda s=step: s.lr) if fast else (lambda s=step: s.optimizer.param_groups[0]["lr"])
+        fit(
+            model,
+            rows,
+            cfg,
+            seeded(0, "shuffle"),
+            on_epoch=[lambda e, loss, lrs=lrs, read=read: lrs.append(read())],
+            step=step,
+        )
+    assert seen[True] == seen[False] == epoch_lrs(cfg)
+
+
+@pytest.mark.parametrize("loss", ["mae", "mse"])
+def test_fast_averaging_equals_averaged_model(params, loss):
+    """The fast path's running mean of wb is AveragedModel's mean on the autograd path."""
+    rows = train_rows(params, 203)
+    changes = {"epochs": 12, "lr": 0.01, "loss": loss, "average": "swa", "average_start": 0.5}
+    fast, _ = trained(params, rows, fast=True, **changes)
+    slow, _ = trained(params, rows, fast=False, **changes)
+    assert torch.allclose(fast.w, slow.w, atol=1e-5) and torch.allclose(fast.b, slow.b, atol=1e-5)
+    last, _ = trained(params, rows, fast=True, **{**changes, "average": "none"})
+    assert not torch.equal(fast.w, last.w)  # the mean, not the last weights
+
+
+def test_average_is_the_mean_of_the_steps_from_the_start_epoch(params):
+    """Oracle: the plain mean of the weights after each step of the averaged epochs."""
+    rows = train_rows(params, 64)  # 4 steps per epoch
+    cfg = params.train.model_copy(
+        update={"epochs": 4, "lr": 0.01, "average": "swa", "average_start": 0.5}
+    )
+    after = []
+
+    class Recording(FastLinearSGD):
+        def __call__(self, x, y, m, total):
+            super().__call__(x, y, m, total)
+            after.append(self.wb.clone())
+
+    model = build_model(params.model, 4, cfg.init_std, seeded(0, "init"))
+    fit(model, rows, cfg, seeded(0, "shuffle"), step=Recording(model, cfg))
+    assert len(after) == 16
+    expected = torch.stack(after[8:]).double().mean(0)  # epochs 2 and 3 of 0..3
+    got = torch.cat([model.w.detach(), model.b.detach().reshape(1)]).double()
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_data_parallel_step_schedules_and_averages_the_plain_module(params, tmp_path, schedule):
+    """DataParallelStep in a one-process gloo group: schedule and average as AutogradStep's."""
+    import torch.distributed as dist
+
+    from torchreg.training import DataParallelStep
+
+    rows = train_rows(params, 100)
+    changes = {"epochs": 6, "lr": 0.01, "lr_schedule": schedule, "average": "swa"}
+    cfg = params.train.model_copy(update=changes)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        model = build_model(params.model, 4, cfg.init_std, seeded(0, "init"))
+        ctx = RunContext(torch.device("cpu"), 0, 1)
+        fit(model, rows, cfg, seeded(0, "shuffle"), ctx, step=DataParallelStep(model, cfg, ctx))
+    finally:
+        dist.destroy_process_group()
+    single, _ = trained(params, rows, fast=False, **changes)
+    assert torch.allclose(model.w, single.w, atol=1e-6)
+    assert torch.allclose(model.b, single.b, atol=1e-6)

@@ -97,6 +97,10 @@ class TrainConfig(_Section):
     init_std: Float = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
     nproc: Int = Field(ge=1, le=1024)
+    # Defaults: today's behaviour (constant lr, last iterate), for params files without them.
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    average: Literal["none", "swa"] = "none"
+    average_start: Float = Field(default=0.5, ge=0, lt=1)
 
 
 class PlotConfig(_Section):

@@ -10,6 +10,12 @@ What one step does is a strategy chosen once (`make_step`):
   (no autograd graph per step; tests check it against autograd);
 - AutogradStep: any model and optimizer through autograd and torch.optim;
 - DataParallelStep: the same under torchrun, each rank taking its share of every batch.
+
+Every step follows `train.lr_schedule` (torch's own lr schedulers, stepped once per epoch; the
+fast path, which has no optimizer, reads the lr from the same scheduler on a stand-in one) and,
+with `train.average: swa`, keeps the running mean of the weights after every step from
+`train.average_start` on (torch.optim.swa_utils.AveragedModel; a running mean of wb on the fast
+path); the mean is what `finish` leaves in the model.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR
+from torch.optim.swa_utils import AveragedModel
 
 from torchreg.config import TrainConfig
 from torchreg.context import RunContext
@@ -88,6 +96,7 @@ def fit(
         history.append(loss)
         for callback in on_epoch:
             callback(epoch, loss)
+        step.end_epoch(epoch)
     step.finish()
     return history
 
@@ -160,6 +169,56 @@ def make_step(model: nn.Module, cfg: TrainConfig, ctx: RunContext) -> Step:
     return AutogradStep(model, cfg)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> LRScheduler | None:
+    """torch's scheduler for `train.lr_schedule`, stepped once per epoch; None for constant
+    (the lr is then exactly train.lr, as before schedules existed)."""
+    if cfg.lr_schedule == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.lr_schedule == "step":
+        return MultiStepLR(optimizer, milestones=step_milestones(cfg.epochs), gamma=STEP_GAMMA)
+    return None
+
+
+STEP_GAMMA = 0.1  # lr_schedule "step": the lr is multiplied by this at each milestone
+
+
+def step_milestones(epochs: int) -> list[int]:
+    """The epochs (0-based) at which lr_schedule "step" multiplies the lr by STEP_GAMMA."""
+    return [epochs // 2, (3 * epochs) // 4]
+
+
+class EpochLr:
+    """The lr of each epoch for a step without a torch optimizer (the fast path): the same
+    scheduler on a stand-in optimizer, so both paths follow literally the same floats."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.holder = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+        self.scheduler = make_scheduler(self.holder, cfg)
+        self.holder.step()  # no gradient, so no change; tells the scheduler a step happened
+
+    @property
+    def lr(self) -> float:
+        return self.holder.param_groups[0]["lr"]
+
+    def step(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+
+def epoch_lrs(cfg: TrainConfig) -> list[float]:
+    """The lr each epoch trains with, in order."""
+    schedule, lrs = EpochLr(cfg), []
+    for _ in range(cfg.epochs):
+        lrs.append(schedule.lr)
+        schedule.step()
+    return lrs
+
+
+def average_start_epoch(cfg: TrainConfig) -> int | None:
+    """The first epoch (0-based) whose steps enter the weight average; None without one."""
+    return int(cfg.average_start * cfg.epochs) if cfg.average == "swa" else None
+
+
 class Step:
     """One optimizer step on a batch, and the batches it wants."""
 
@@ -187,8 +246,11 @@ class Step:
         """The epoch's loss sum over every process."""
         return total
 
+    def end_epoch(self, epoch: int) -> None:
+        """After epoch `epoch` (0-based): move to the next epoch's lr and averaging."""
+
     def finish(self) -> None:
-        """Leave the final weights in the model."""
+        """Leave the final weights (or their average) in the model."""
 
 
 class FastLinearSGD(Step):
@@ -199,6 +261,12 @@ class FastLinearSGD(Step):
     def __init__(self, model: LinearRegression, cfg: TrainConfig) -> None:
         self.model, self.lr, self.loss = model, cfg.lr, cfg.loss
         self.wb = torch.cat([model.w.detach(), model.b.detach().reshape(1)])
+        self.schedule = EpochLr(cfg) if cfg.lr_schedule != "constant" else None
+        self.average_start = average_start_epoch(cfg)
+        # Running mean of wb after each step, as AveragedModel keeps it (lerp by 1 / (n + 1)).
+        self.mean: torch.Tensor | None = None
+        self.n_averaged = 0
+        self.averaging = self.average_start == 0
 
     def layout(self, block: torch.Tensor) -> torch.Tensor:
         ones = torch.ones(len(block), 1, dtype=block.dtype, device=block.device)
@@ -209,11 +277,24 @@ class FastLinearSGD(Step):
         grad = _loss_grad(self.loss, residual)
         self.wb.addmv_(x.T, grad, alpha=-self.lr / m)
         total.add_(_loss_sum(self.loss, residual, grad))
+        if self.averaging:
+            if self.mean is None:
+                self.mean = self.wb.clone()
+            else:
+                self.mean.lerp_(self.wb, 1 / (self.n_averaged + 1))
+            self.n_averaged += 1
+
+    def end_epoch(self, epoch: int) -> None:
+        if self.schedule is not None:
+            self.schedule.step()
+            self.lr = self.schedule.lr
+        self.averaging = self.average_start is not None and epoch + 1 >= self.average_start
 
     def finish(self) -> None:
+        wb = self.wb if self.mean is None else self.mean
         with torch.no_grad():
-            self.model.w.copy_(self.wb[:-1])
-            self.model.b.copy_(self.wb[-1])
+            self.model.w.copy_(wb[:-1])
+            self.model.b.copy_(wb[-1])
 
 
 class AutogradStep(Step):
@@ -221,6 +302,12 @@ class AutogradStep(Step):
         self.model, self.loss_fn = model, LOSSES[cfg.loss]
         optimizer_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam
         self.optimizer = optimizer_cls(model.parameters(), lr=cfg.lr)
+        self.scheduler = make_scheduler(self.optimizer, cfg)
+        self.average_start = average_start_epoch(cfg)
+        # The plain module, not its DDP wrapper: every rank holds the same weights after a step.
+        self.trained: nn.Module = getattr(model, "module", model)
+        self.averaged = AveragedModel(self.trained) if self.average_start is not None else None
+        self.averaging = self.average_start == 0
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, m: int, total: torch.Tensor) -> None:
         loss = self.loss_fn(self.model(x), y)
@@ -228,6 +315,25 @@ class AutogradStep(Step):
         loss.backward()
         self.optimizer.step()
         total.add_(loss.detach(), alpha=m)
+        self.after_step()
+
+    def after_step(self) -> None:
+        if self.averaging:
+            self.averaged.update_parameters(self.trained)
+
+    def end_epoch(self, epoch: int) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.averaging = self.average_start is not None and epoch + 1 >= self.average_start
+
+    def finish(self) -> None:
+        if self.averaged is None:
+            return
+        with torch.no_grad():
+            for mine, mean in zip(
+                self.trained.parameters(), self.averaged.module.parameters(), strict=True
+            ):
+                mine.copy_(mean)
 
 
 class DataParallelStep(AutogradStep):
@@ -254,6 +360,7 @@ class DataParallelStep(AutogradStep):
         loss.backward()
         self.optimizer.step()
         total.add_(loss_sum.detach())
+        self.after_step()
 
     def reduce(self, total: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(total)
