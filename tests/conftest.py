@@ -1,7 +1,9 @@
-"""Shared fixtures: the repo's own params, and a throwaway copy of the repo for dvc runs."""
+"""Shared fixtures: the repo's own params, a throwaway copy of the repo for dvc runs, and an
+S3 server on loopback for remote tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -84,3 +86,29 @@ def repo(tmp_path) -> Path:
     run(["git", "add", "-A"], cwd=dest)
     run(["git", "commit", "-q", "-m", "copy"], cwd=dest)
     return dest
+
+
+@pytest.fixture
+def s3_server():
+    """An S3 server (moto) on 127.0.0.1 with an empty bucket `models`; yields its endpoint URL.
+    Clients need AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY = testing."""
+    pytest.importorskip("dvc_s3", reason="S3 support not installed: pip install -e '.[s3]'")
+    server_mod = pytest.importorskip("moto.server", reason="moto not installed (the s3 extra)")
+    import boto3
+
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket="models")
+        yield url
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()

@@ -1,7 +1,5 @@
 """Remotes, artifact versions and checkouts, end to end with the real CLI."""
 
-import contextlib
-
 import pytest
 
 from conftest import run, set_params
@@ -57,30 +55,6 @@ def test_tagged_versions_can_be_fetched_and_checked_out(repo, tmp_path):
     run(["git", "checkout", "-q", "regressor@v1.0.0"], repo)
     run(["dvc", "checkout"], repo)
     assert read(repo) == v1
-
-
-@pytest.fixture
-def s3_server():
-    pytest.importorskip("dvc_s3", reason="S3 support not installed: pip install -e '.[s3]'")
-    server_mod = pytest.importorskip("moto.server", reason="moto not installed (the s3 extra)")
-    import boto3
-
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        boto3.client(
-            "s3",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket="models")
-        yield url
-    finally:
-        with contextlib.suppress(Exception):
-            server.stop()
 
 
 def test_s3_remote_round_trip(repo, tmp_path, s3_server, monkeypatch):
