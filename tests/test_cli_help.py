@@ -1,4 +1,4 @@
-"""Every stage's --help: a whole first paragraph as description, a help text and default per option."""
+"""Each stage's --help: the whole first paragraph, and a help text and default per option."""
 
 import runpy
 from pathlib import Path
