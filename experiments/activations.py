@@ -130,14 +130,14 @@ def figure(record: dict) -> plt.Figure:
     left.plot(runs[0]["x"], runs[0]["truth"], "--", color=TRUTH, lw=1.2, label="true f", zorder=3)
     flat = [r for r in runs if r["label"] in ("linear", "mlp none")]
     if len(flat) == 2:
-        x, y = flat[0]["x"][-1], flat[0]["model"][-1]
+        x, y = flat[0]["x"][0], min(flat[0]["model"][0], flat[1]["model"][0])
         left.annotate(
             "linear and mlp none coincide:\nthe same straight line",
             xy=(x, y),
-            xytext=(0, 14),
+            xytext=(2, -8),
             textcoords="offset points",
-            ha="right",
-            va="bottom",
+            ha="left",
+            va="top",
             fontsize=8.5,
         )
     left.set(
@@ -145,15 +145,23 @@ def figure(record: dict) -> plt.Figure:
         ylabel="y",
         title="What each model learned along one feature",
     )
-    left.legend(loc="outside lower center", ncols=3, frameon=False, fontsize=9)
+    # Below the axes: inside, any corner would hide part of a curve.
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False, fontsize=9)
     # A dot plot: the position is the value, so no bar length pretends to start at some floor.
     labels = [r["label"] for r in runs]
     maes = [r["test_mae"] for r in runs]
     ys = list(range(len(runs)))[::-1]
     right.scatter(maes, ys, s=40, color=[COLORS.get(n) for n in labels], zorder=3)
     for y, v in zip(ys, maes, strict=True):
+        right_side = v < max(maes) / 2  # the large values' labels go left, clear of the line
         right.annotate(
-            f"{v:.3g}", (v, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=9
+            f"{v:.3g}",
+            (v, y),
+            xytext=(7 if right_side else -7, 0),
+            textcoords="offset points",
+            ha="left" if right_side else "right",
+            va="center",
+            fontsize=9,
         )
     reference = runs[0]["reference_test_mae"]
     right.axvline(reference, color=TRUTH, ls="--", lw=1, zorder=2)
