@@ -4,9 +4,12 @@ On a nonlinear target (data.target = quadratic) it queues, and runs with `dvc qu
   linear           the tutorial's x @ w + b
   mlp, none        stacked Linear layers with nothing between them: still one linear map
   mlp, sigmoid / tanh / relu   the same stack with an activation
-then writes docs/activations.md (the table), docs/activations.png (the figure) and the block
-between the `activations` markers in README.md. Run from the repo root, with a committed
-baseline:  python experiments/activations.py [--jobs 2]
+then writes docs/activations.json (each run's metrics and learned curve), docs/activations.md
+(the table), docs/activations.png (the figure) and the block between the `activations` markers
+in README.md. Run from the repo root, with a committed baseline:
+  python experiments/activations.py [--jobs 2]
+`--redraw` rebuilds the table, figure and README block from docs/activations.json alone,
+without running the experiments again.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import re
 import subprocess
 import sys
@@ -25,7 +29,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from torchreg.experiments import queue, results, run_queue  # noqa: E402
-from torchreg.plotting import save  # noqa: E402
+from torchreg.io import write_bytes, write_json  # noqa: E402
+from torchreg.plotting import TRUTH, save  # noqa: E402
 
 SHARED = [
     "data.target=quadratic",
@@ -50,16 +55,15 @@ def label(params: dict) -> str:
     return "linear" if model["kind"] == "linear" else f"mlp {model['activation']}"
 
 
-def table(found: dict) -> str:
+def table(record: dict) -> str:
     lines = [
         "| model | test MAE | train MAE | closed-form linear fit, test MAE | noise floor |",
         "|---|---|---|---|---|",
     ]
-    for name in VARIANTS:
-        m = found[name]["metrics"]["metrics/evaluate.json"]
+    for r in record["runs"]:
         lines.append(
-            f"| {label(found[name]['params'])} | {m['test']['mae']:.4g} | {m['train']['mae']:.4g}"
-            f" | {m['reference']['test_mae']:.4g} | {m['noise_floor_mae']:.3g} |"
+            f"| {r['label']} | {r['test_mae']:.4g} | {r['train_mae']:.4g}"
+            f" | {r['reference_test_mae']:.4g} | {r['noise_floor_mae']:.3g} |"
         )
     return "\n".join(lines)
 
@@ -76,38 +80,141 @@ def curves(rev: str) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in ("x", "model", "truth")}
 
 
-def figure(found: dict) -> plt.Figure:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), width_ratios=[3, 2])
-    truth = None
+def collect(found: dict, settings: list[str]) -> dict:
+    """What the table and figure need from the finished experiments, in one JSON-able dict."""
+    runs = []
     for name in VARIANTS:
+        m = found[name]["metrics"]["metrics/evaluate.json"]
         c = curves(found[name]["rev"])
-        truth = c
-        left.plot(c["x"], c["model"], lw=2, label=label(found[name]["params"]))
-    left.plot(truth["x"], truth["truth"], "k--", lw=1.2, label="true f")
+        runs.append(
+            {
+                "name": name,
+                "label": label(found[name]["params"]),
+                "test_mae": m["test"]["mae"],
+                "train_mae": m["train"]["mae"],
+                "reference_test_mae": m["reference"]["test_mae"],
+                "noise_floor_mae": m["noise_floor_mae"],
+                "x": c["x"],
+                "model": c["model"],
+                "truth": c["truth"],
+            }
+        )
+    return {"settings": settings, "feature": FEATURE, "runs": runs}
+
+
+COLORS = {
+    "linear": "#AAAAAA",
+    "mlp none": "#E08A2E",
+    "mlp sigmoid": "#2CA02C",
+    "mlp tanh": "#D62728",
+    "mlp relu": "#9467BD",
+}
+
+
+def figure(record: dict) -> plt.Figure:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), width_ratios=[3, 2])
+    runs = record["runs"]
+    for r in runs:
+        # linear goes under as a wide pale band, so "mlp none" drawn on top shows they coincide
+        wide = r["label"] == "linear"
+        left.plot(
+            r["x"],
+            r["model"],
+            color=COLORS.get(r["label"]),
+            lw=6 if wide else 1.8,
+            alpha=0.6 if wide else 1.0,
+            solid_capstyle="butt",
+            label=r["label"],
+            zorder=1 if wide else 2,
+        )
+    left.plot(runs[0]["x"], runs[0]["truth"], "--", color=TRUTH, lw=1.2, label="true f", zorder=3)
+    flat = [r for r in runs if r["label"] in ("linear", "mlp none")]
+    if len(flat) == 2:
+        x, y = flat[0]["x"][0], min(flat[0]["model"][0], flat[1]["model"][0])
+        left.annotate(
+            "linear and mlp none coincide:\nthe same straight line",
+            xy=(x, y),
+            xytext=(2, -8),
+            textcoords="offset points",
+            ha="left",
+            va="top",
+            fontsize=8.5,
+        )
     left.set(
-        xlabel=f"feature x{FEATURE} (others at 0)",
+        xlabel=f"feature x{record['feature']} (other features at 0)",
         ylabel="y",
         title="What each model learned along one feature",
     )
-    left.legend(frameon=False, fontsize=9)
-    names = [label(found[n]["params"]) for n in VARIANTS]
-    maes = [found[n]["metrics"]["metrics/evaluate.json"]["test"]["mae"] for n in VARIANTS]
-    right.barh(names[::-1], maes[::-1], color="#4C72B0")
-    right.set_xscale("log")
-    right.set(xlabel="test MAE (log scale)", title="Test error, quadratic target")
-    for y, v in enumerate(maes[::-1]):
-        right.text(v, y, f" {v:.3g}", va="center", fontsize=9)
-    fig.tight_layout()
+    # Below the axes: inside, any corner would hide part of a curve.
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False, fontsize=9)
+    # A dot plot: the position is the value, so no bar length pretends to start at some floor.
+    labels = [r["label"] for r in runs]
+    maes = [r["test_mae"] for r in runs]
+    ys = list(range(len(runs)))[::-1]
+    right.scatter(maes, ys, s=40, color=[COLORS.get(n) for n in labels], zorder=3)
+    for y, v in zip(ys, maes, strict=True):
+        right_side = v < max(maes) / 2  # the large values' labels go left, clear of the line
+        right.annotate(
+            f"{v:.3g}",
+            (v, y),
+            xytext=(7 if right_side else -7, 0),
+            textcoords="offset points",
+            ha="left" if right_side else "right",
+            va="center",
+            fontsize=9,
+        )
+    reference = runs[0]["reference_test_mae"]
+    right.axvline(reference, color=TRUTH, ls="--", lw=1, zorder=2)
+    right.annotate(
+        f"closed-form\nlinear fit {reference:.3g}",
+        (reference, ys[-1] - 0.4),
+        xytext=(-4, 0),
+        textcoords="offset points",
+        ha="right",
+        va="center",
+        fontsize=8.5,
+    )
+    right.set_yticks(ys, labels)
+    right.set_ylim(-0.7, len(runs) - 0.3)
+    right.set_xlim(0, max(maes + [reference]) * 1.18)
+    right.grid(axis="y", visible=False)
+    floor = runs[0]["noise_floor_mae"]
+    right.set(xlabel=f"test MAE (noise floor {floor:.2g})", title="Test error, quadratic target")
     return fig
 
 
+def write(record: dict, out_dir: Path, readme_path: Path) -> str:
+    md = table(record)
+    settings = ", ".join(record["settings"])
+    write_bytes(
+        out_dir / "activations.md",
+        f"Generated by `python experiments/activations.py` ({settings}).\n\n{md}\n".encode(),
+    )
+    save(figure(record), out_dir / "activations.png")
+    readme = readme_path.read_text()
+    block = f"{START}\n{md}\n\n![activations]({out_dir.as_posix()}/activations.png)\n{END}"
+    readme_path.write_text(re.sub(f"{START}.*?{END}", lambda _: block, readme, flags=re.S))
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=2, help="queue workers (default 2)")
     parser.add_argument("--epochs", type=int, default=200, help="train.epochs for every run")
     parser.add_argument("--out-dir", type=Path, default=Path("docs"))
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument(
+        "--redraw",
+        action="store_true",
+        help="skip the experiments; rebuild the outputs from OUT_DIR/activations.json",
+    )
     args = parser.parse_args(argv)
+    recorded = args.out_dir / "activations.json"
+    if args.redraw:
+        print(write(json.loads(recorded.read_text()), args.out_dir, args.readme))
+        return 0
 
     queue(VARIANTS, shared=[*SHARED, f"train.epochs={args.epochs}"])
     seconds = run_queue(args.jobs)
@@ -120,17 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
 
-    md = table(found)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    settings = ", ".join(SHARED + [f"train.epochs={args.epochs}"])
-    (args.out_dir / "activations.md").write_text(
-        f"Generated by `python experiments/activations.py` ({settings}).\n\n{md}\n"
-    )
-    save(figure(found), args.out_dir / "activations.png")
-    readme = args.readme.read_text()
-    block = f"{START}\n{md}\n\n![activations]({args.out_dir.as_posix()}/activations.png)\n{END}"
-    args.readme.write_text(re.sub(f"{START}.*?{END}", lambda _: block, readme, flags=re.S))
-    print(md)
+    record = collect(found, [*SHARED, f"train.epochs={args.epochs}"])
+    write_json(recorded, record)
+    print(write(record, args.out_dir, args.readme))
     print(
         f"\n{len(VARIANTS)} experiments in {seconds:.0f} s with {args.jobs} workers; "
         f"compare them with: dvc exp show; dvc plots diff {' '.join(VARIANTS)}"

@@ -66,14 +66,46 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--model", type=Path, default=Path("models/model.safetensors"))
-    parser.add_argument("--train", type=Path, default=Path("data/train.npy"))
-    parser.add_argument("--test", type=Path, default=Path("data/test.npy"))
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"))
-    parser.add_argument("--predictions", type=Path, default=Path("plots/predictions.tsv"))
-    parser.add_argument("--curves", type=Path, default=Path("plots/curves.tsv"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file; uses data.*",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/model.safetensors"),
+        help="the trained weights to evaluate",
+    )
+    parser.add_argument(
+        "--train", type=Path, default=Path("data/train.npy"), help="the training set to read"
+    )
+    parser.add_argument(
+        "--test", type=Path, default=Path("data/test.npy"), help="the test set to read"
+    )
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=Path("metrics/evaluate.json"),
+        help="where to write the metrics (JSON)",
+    )
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        default=Path("plots/predictions.tsv"),
+        help="where to write the sample of test rows with predictions (TSV)",
+    )
+    parser.add_argument(
+        "--curves",
+        type=Path,
+        default=Path("plots/curves.tsv"),
+        help="where to write the model and true function along each feature (TSV)",
+    )
     args = parser.parse_args(argv)
     out = {"metrics": args.metrics, "predictions": args.predictions, "curves": args.curves}
 

@@ -29,10 +29,22 @@ def run(cfg: DataConfig, train_path: Path, test_path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--train", type=Path, default=Path("data/train.npy"))
-    parser.add_argument("--test", type=Path, default=Path("data/test.npy"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file; uses data.*",
+    )
+    parser.add_argument(
+        "--train", type=Path, default=Path("data/train.npy"), help="where to write the training set"
+    )
+    parser.add_argument(
+        "--test", type=Path, default=Path("data/test.npy"), help="where to write the test set"
+    )
     args = parser.parse_args(argv)
     run_main("generate", lambda: run(load_params(args.params).data, args.train, args.test))
 

@@ -64,13 +64,41 @@ def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--loss", type=Path, default=Path("dvclive/plots/metrics/train_loss.tsv"))
-    parser.add_argument("--predictions", type=Path, default=Path("plots/predictions.tsv"))
-    parser.add_argument("--curves", type=Path, default=Path("plots/curves.tsv"))
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"))
-    parser.add_argument("--out-dir", type=Path, default=Path("plots"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file; uses plot.feature and train.loss",
+    )
+    parser.add_argument(
+        "--loss",
+        type=Path,
+        default=Path("dvclive/plots/metrics/train_loss.tsv"),
+        help="the loss curve DVCLive wrote while training (TSV)",
+    )
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        default=Path("plots/predictions.tsv"),
+        help="the test rows with predictions from evaluate (TSV)",
+    )
+    parser.add_argument(
+        "--curves",
+        type=Path,
+        default=Path("plots/curves.tsv"),
+        help="the model and true curves from evaluate (TSV)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=Path("metrics/evaluate.json"),
+        help="the metrics from evaluate (JSON)",
+    )
+    parser.add_argument("--out-dir", type=Path, default=Path("plots"), help="folder for the PNGs")
     args = parser.parse_args(argv)
     inputs = {
         "loss": args.loss,

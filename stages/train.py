@@ -77,11 +77,31 @@ def check_budget(params: Params, data: DataFile) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("data/train.npy"))
-    parser.add_argument("--model", type=Path, default=Path("models/model.safetensors"))
-    parser.add_argument("--live-dir", type=Path, default=Path("dvclive"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file; uses model.* and train.*",
+    )
+    parser.add_argument(
+        "--data", type=Path, default=Path("data/train.npy"), help="the training set to read"
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/model.safetensors"),
+        help="where to write the trained weights",
+    )
+    parser.add_argument(
+        "--live-dir",
+        type=Path,
+        default=Path("dvclive"),
+        help="DVCLive folder for the loss metrics and curve",
+    )
     args = parser.parse_args(argv)
 
     def body() -> None:

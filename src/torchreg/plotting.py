@@ -7,12 +7,14 @@ data always gives the same bytes.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # no screen needed; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from torchreg.io import write_bytes  # noqa: E402
 
@@ -49,13 +51,15 @@ def fit_figure(pred: dict, curve: dict, feature: int, subtitle: str) -> plt.Figu
         (raw, pred["actual"], "y (other features add spread)"),
         (partial, pred[f"partial_x{feature}"], "partial residual (other features removed)"),
     ):
-        ax.scatter(x, y, s=8, alpha=0.4, color=DATA, label="test rows")
-        ax.plot(cx, [curve["model"][i] for i in rows], color=MODEL, lw=2.5, label="model")
-        ax.plot(cx, [curve["truth"][i] for i in rows], "--", color=TRUTH, lw=1.2, label="true f")
+        # Thin lines over the points: on the right the points sit on the line, and both must show.
+        ax.scatter(x, y, s=12, alpha=0.4, color=DATA, label="test rows", lw=0)
+        ax.plot(cx, [curve["model"][i] for i in rows], color=MODEL, lw=1.2, label="model")
+        ax.plot(cx, [curve["truth"][i] for i in rows], "--", color=TRUTH, lw=0.8, label="true f")
         ax.set(xlabel=f"feature x{feature}", title=title)
         ax.title.set_fontsize(10)
     raw.set_ylabel("y")
-    partial.legend(loc="best", frameon=False)
+    partial.set_ylabel("y minus the other features' fitted part")
+    partial.legend(loc="upper left", frameon=False)
     title = f"Fit along feature x{feature} (lines: other features at 0)\n{subtitle}"
     fig.suptitle(title, fontsize=11)
     return fig
@@ -87,12 +91,26 @@ def predicted_figure(pred: dict, subtitle: str) -> plt.Figure:
 
 
 def residual_figure(pred: dict, floor: float) -> plt.Figure:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 4.0), width_ratios=[3, 2])
+    """Residuals against the prediction and their distribution, with the noise floor drawn as
+    +-floor (the mean |noise|: a perfect model's mean |residual|) and, on the histogram, the
+    N(0, noise_std) curve a perfect model's residuals would follow."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 4.0), width_ratios=[3, 2], sharey=True)
     residual = pred["residual"]
-    left.scatter(pred["predicted"], residual, s=8, alpha=0.5, color=DATA)
+    left.scatter(pred["predicted"], residual, s=8, alpha=0.5, color=DATA, lw=0)
     left.axhline(0, color=TRUTH, lw=1)
     left.set(xlabel="predicted y", ylabel="residual (actual - predicted)", title="Residuals")
-    right.hist(residual, bins=25, color=DATA, alpha=0.8, orientation="horizontal")
-    right.set(xlabel="test rows", title=f"Distribution (noise MAE floor {floor:.3g})")
-    right.sharey(left)
+    # Sturges' rule sizes the bins from the row count: 25 fixed bins over 1000 rows look ragged.
+    edges = np.histogram_bin_edges(residual, bins="sturges")
+    right.hist(residual, bins=edges, color=DATA, alpha=0.8, orientation="horizontal")
+    right.set(xlabel="test rows", title="Distribution")
+    if floor > 0:
+        for ax in (left, right):
+            ax.axhline(floor, color=TRUTH, ls="--", lw=1, label=f"noise floor \u00b1{floor:.3g}")
+            ax.axhline(-floor, color=TRUTH, ls="--", lw=1)
+        std = floor * math.sqrt(math.pi / 2)  # mean |N(0, s)| = s * sqrt(2 / pi)
+        ys = np.linspace(edges[0], edges[-1], 200)
+        scale = len(residual) * (edges[1] - edges[0]) / (std * math.sqrt(2 * math.pi))
+        density = scale * np.exp(-0.5 * (ys / std) ** 2)
+        right.plot(density, ys, color=MODEL, lw=1.5, label="noise alone (perfect model)")
+        right.legend(loc="upper right", frameon=False, fontsize=8)
     return fig
