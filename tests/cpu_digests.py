@@ -16,10 +16,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "stages"), str(ROOT / "src")]
 
+import torch  # noqa: E402
+
 import evaluate  # noqa: E402 - the stage scripts, imported as modules
 import generate  # noqa: E402
 import train  # noqa: E402
 from torchreg.config import load_params  # noqa: E402
+from torchreg.context import RunContext  # noqa: E402
 
 
 def configs(base):
@@ -63,7 +66,8 @@ def main(workdir: Path) -> None:
     digests = {}
     for name, params in configs(base):
         out = workdir / name
-        train.run(params, data / "train.npy", out / "model.safetensors", out / "dvclive")
+        ctx = RunContext(torch.device("cpu"))
+        train.run(params, ctx, data / "train.npy", out / "model.safetensors", out / "dvclive")
         evaluate.run(
             params.data,
             out / "model.safetensors",
