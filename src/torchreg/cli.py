@@ -9,6 +9,10 @@ from collections.abc import Callable
 
 from torchreg.errors import UserError
 
+# The last guard on a message that echoes something huge (a 1 MB cell quoted by a parser):
+# keep its start (what and where) and its end (what to do).
+MAX_MESSAGE = 600
+
 
 def run_main(stage: str, body: Callable[[], object]) -> None:
     """Run a stage body; a user mistake or Ctrl-C ends it with one line, not a traceback."""
@@ -20,8 +24,16 @@ def run_main(stage: str, body: Callable[[], object]) -> None:
     try:
         body()
     except UserError as exc:
-        print(f"{stage}: error: {exc}", file=sys.stderr)
+        print(f"{stage}: error: {_bounded(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; no output was written", file=sys.stderr)
         sys.exit(130)
+
+
+def _bounded(message: str) -> str:
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    if len(message) <= MAX_MESSAGE:
+        return message
+    half = (MAX_MESSAGE - 5) // 2
+    return f"{message[:half]} ... {message[-half:]}"
