@@ -19,8 +19,7 @@ log = logging.getLogger("generate")
 
 def run(cfg: DataConfig, train_path: Path, test_path: Path) -> None:
     sizes = {"train": (train_path, cfg.n_train), "test": (test_path, cfg.n_test)}
-    for folder in {train_path.parent, test_path.parent}:
-        check_disk(folder, sum(nbytes(n, cfg.n_features) for _, n in sizes.values()))
+    check_disk({path: nbytes(rows, cfg.n_features) for path, rows in sizes.values()})
     for split, (path, rows) in sizes.items():
         write_dataset(path, cfg, split, rows)
         log.info(

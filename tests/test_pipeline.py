@@ -17,7 +17,7 @@ def ran_stages(output: str) -> set[str]:
 
 def test_repro_builds_everything_then_nothing_then_the_same(repo):
     first = run(["dvc", "repro"], repo)
-    assert ran_stages(first.stdout) == {"generate", "train", "evaluate", "plot"}
+    assert ran_stages(first.stdout) == {"validate", "generate", "train", "evaluate", "plot"}
     for name in OUTPUTS:
         assert (repo / name).stat().st_size > 0, name
     lock = (repo / "dvc.lock").read_text()
@@ -36,9 +36,9 @@ def test_changing_lr_reruns_train_but_not_generate(repo):
     run(["dvc", "repro"], repo)
     set_params(repo, train__lr=0.02)
     again = run(["dvc", "repro"], repo)
-    assert ran_stages(again.stdout) == {"train", "evaluate", "plot"}
+    assert ran_stages(again.stdout) == {"validate", "train", "evaluate", "plot"}
     set_params(repo, plot__feature=0)
-    assert ran_stages(run(["dvc", "repro"], repo).stdout) == {"plot"}
+    assert ran_stages(run(["dvc", "repro"], repo).stdout) == {"validate", "plot"}
 
 
 def test_experiment_shows_up_with_its_own_metrics(repo):

@@ -13,6 +13,9 @@ from torchreg.errors import UserError
 # The pid of the train stage process that launched this rank (set by context.launch). Such a
 # rank stays quiet on an interrupt: the launcher reports it, once.
 LAUNCHER_ENV = "TORCHREG_LAUNCHER_PID"
+# The last guard on a message that echoes something huge (a 1 MB cell quoted by a parser):
+# keep its start (what and where) and its end (what to do).
+MAX_MESSAGE = 600
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -31,7 +34,7 @@ def run_main(stage: str, body: Callable[[], object]) -> None:
     try:
         body()
     except UserError as exc:
-        print(f"{stage}: error: {exc}", file=sys.stderr)
+        print(f"{stage}: error: {_bounded(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as exc:
         signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
@@ -39,3 +42,11 @@ def run_main(stage: str, body: Callable[[], object]) -> None:
             name = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
             print(f"{stage}: {name}; no output was written", file=sys.stderr)
         sys.exit(128 + signum)
+
+
+def _bounded(message: str) -> str:
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    if len(message) <= MAX_MESSAGE:
+        return message
+    half = (MAX_MESSAGE - 5) // 2
+    return f"{message[:half]} ... {message[-half:]}"

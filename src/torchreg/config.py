@@ -24,13 +24,19 @@ from pydantic import (
 from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.constructor import DuplicateKeyError
 
-from torchreg.errors import ConfigError
+from torchreg.errors import ConfigError, clip, shown
 
 PARAMS_FILE = "params.yaml"
 # Hard ceilings that keep a typo like `n_train: 1e12` from reaching an allocation.
 MAX_ROWS = 10**9
 MAX_FEATURES = 4096
 MAX_WIDTH = 65536
+# A valid file holds a few thousand values at most (true_w: up to MAX_FEATURES). Anything much
+# larger is refused before validation: YAML aliases let a few lines stand for a billion values
+# (shared references), and walking them, in pydantic or in a message, would take hours.
+MAX_VALUES = 100_000
+# Problems listed in one message; the rest are counted.
+MAX_PROBLEMS = 2
 
 
 def _yaml_number(value: Any) -> Any:
@@ -127,7 +133,8 @@ class Params(_Section):
 def _where(loc: tuple) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        name = clip(str(part), 40)  # a key can be a 1 MB string too
+        out += f"[{part}]" if isinstance(part, int) else (f".{name}" if out else name)
     return out
 
 
@@ -142,14 +149,13 @@ def _describe(error: dict, source: str) -> str:
             model = model.model_fields[part].annotation
         allowed = ", ".join(model.model_fields)
         where = f" in {_where(parent)}" if parent else ""
-        return f"{source}: unknown key {name!r}{where} (allowed: {allowed})"
+        return f"{source}: unknown key {shown(name, 40)}{where} (allowed: {allowed})"
     if kind == "missing":
         return f"{source}: {key} is missing"
     if kind == "value_error":  # our cross-field checks carry their own full message
         return f"{source}: {error['msg'].removeprefix('Value error, ')}"
-    value = error.get("input")
-    shown = repr(value) if isinstance(value, str) else value
-    return f"{source}: {key} = {shown} is not allowed: {error['msg']}"
+    value = shown(error.get("input"), 60)
+    return f"{source}: {key} = {value} is not allowed: {clip(error['msg'], 120)}"
 
 
 def _one_line(message: str) -> str:
@@ -161,11 +167,37 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     """Validate an already-loaded mapping; raise ConfigError with one line per problem."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections (data, model, train, plot)")
+    _check_size(raw, source)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        message = "; ".join(_describe(e, source) for e in exc.errors())
+        errors = exc.errors(include_url=False, include_context=False)
+        message = "; ".join(_describe(e, source) for e in errors[:MAX_PROBLEMS])
+        if len(errors) > MAX_PROBLEMS:
+            message += f"; and {len(errors) - MAX_PROBLEMS} more problems"
         raise ConfigError(_one_line(message)) from None
+
+
+def _check_size(raw: Any, source: str) -> None:
+    """Refuse a structure of over MAX_VALUES values, each shared reference counted again.
+
+    Stops counting at the limit, so a billion-laughs file or a self-referencing alias
+    (`&a [*a]`) costs at most MAX_VALUES steps.
+    """
+    count, todo = 0, [raw]
+    while todo:
+        node = todo.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(
+                f"{source}: too large or too deeply nested (over {MAX_VALUES:,} values, "
+                "counting each YAML alias again): params are a few sections of scalars and lists"
+            )
+        if isinstance(node, dict):
+            todo.extend(node.keys())
+            todo.extend(node.values())
+        elif isinstance(node, list | tuple):
+            todo.extend(node)
 
 
 def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
@@ -181,23 +213,23 @@ def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found (run from the repository root)") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc}") from None
+        raise ConfigError(f"{path}: cannot be read: {clip(str(exc), 120)}") from None
     try:
         raw = YAML(typ="safe").load(text) or {}  # `or {}`: DVC reads an empty file as {}
     except DuplicateKeyError as exc:
         # ruamel names the key only inside its message: `found duplicate key "lr" with value ...`
         found = re.match(r'found duplicate key "(.*?)" with value', exc.problem or "")
-        key = repr(found[1]) if found else exc.problem
+        key = shown(found[1], 40) if found else clip(exc.problem or "", 80)
         line = exc.problem_mark.line + 1
         message = f"{path}: duplicate key {key} at line {line}: a key may appear only once"
         raise ConfigError(_one_line(f"{message} (DVC refuses the file too)")) from None
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid syntax"
+        problem = clip(getattr(exc, "problem", None) or "invalid syntax", 120)
         raise ConfigError(_one_line(f"{path}: not valid YAML{where}: {problem}")) from None
     except ValueError as exc:  # a scalar its tag cannot hold: `!!float abc`, `2024-13-45`
-        raise ConfigError(_one_line(f"{path}: not valid YAML: {exc}")) from None
+        raise ConfigError(_one_line(f"{path}: not valid YAML: {clip(str(exc), 120)}")) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, plot)")
     return raw

@@ -12,16 +12,19 @@ would cost the stage most of its run time. Callers wrap the arrays with torch.fr
 
 from __future__ import annotations
 
+import configparser
+import contextlib
 import hashlib
+import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from torchreg.config import DataConfig
 from torchreg.errors import DataError
-from torchreg.io import atomic_path
+from torchreg.io import atomic_path, remove_stale_temps
 
 # Rows handled at once everywhere: a generated block (the data's bytes depend on it, so it never
 # changes), a read, a gather of shuffled rows, an evaluation pass. 65,536 rows of 5 float32 are
@@ -68,15 +71,82 @@ def nbytes(rows: int, n_features: int) -> int:
     return rows * (n_features + 1) * 4
 
 
-def check_disk(folder: Path, needed: int) -> None:
-    """Refuse before writing anything if the data cannot fit."""
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if needed > free:
-        raise DataError(
-            f"the data needs {needed / 1e9:.1f} GB but {folder}/ has {free / 1e9:.1f} GB free: "
-            "lower data.n_train / data.n_test"
-        )
+def check_disk(outputs: Mapping[Path, int]) -> None:
+    """Refuse before writing anything if the outputs (path -> bytes) cannot fit.
+
+    Leftover temporary files of these outputs (a killed run) are removed first, so they do not
+    count against the rerun. The old output is not counted as freed: it stays on disk until
+    its replacement is complete, and DVC's cache may hold the same blocks. Under DVC each
+    output is then copied into DVC's cache (`cache.type` reflink,copy falls back to a full
+    copy on file systems without reflink), so the cache's file system needs room for it too:
+    twice the data when the cache is on the same file system.
+    """
+    needs: dict[int, list] = {}  # device -> [bytes, folder, bytes of it for DVC's cache]
+
+    def need(folder: Path, size: int, cache: bool) -> None:
+        folder = _existing(folder)
+        entry = needs.setdefault(folder.stat().st_dev, [0, folder, 0])
+        entry[0] += size
+        entry[2] += size if cache else 0
+
+    cache_dir = dvc_cache_copy_dir()
+    for path, size in outputs.items():
+        try:
+            remove_stale_temps(path)
+        except OSError as exc:
+            raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
+        need(path.parent, size, cache=False)
+        if cache_dir is not None:
+            need(cache_dir, size, cache=True)
+    for needed, folder, cached in needs.values():
+        free = shutil.disk_usage(folder).free
+        if needed > free:
+            a, b, c = _sizes(needed, free, cached)
+            copy = f" (with {c} for DVC's cache copy)" if cached else ""
+            raise DataError(
+                f"the data needs {a}{copy} but {folder}/ has {b} free: free some space, "
+                "lower data.n_train / data.n_test"
+                + (", or set `dvc cache dir` to another disk" if cached else "")
+            )
+
+
+def dvc_cache_copy_dir() -> Path | None:
+    """DVC's cache folder when this runs as a DVC stage that will copy its outputs into it.
+
+    DVC sets DVC_ROOT for every stage command (dvc/stage/run.py). The cache is `cache.dir`
+    from .dvc/config.local or .dvc/config (relative to .dvc/), else .dvc/cache; no copy is made
+    when `cache.type` lists only links (hardlink, symlink, reflink).
+    """
+    root = os.environ.get("DVC_ROOT")
+    if not root:
+        return None
+    dvc_dir = Path(root) / ".dvc"
+    config = configparser.ConfigParser(interpolation=None)
+    # A file DVC would refuse itself: assume the defaults.
+    with contextlib.suppress(configparser.Error, UnicodeDecodeError):
+        config.read([dvc_dir / "config", dvc_dir / "config.local"], encoding="utf-8")
+    types = config.get("cache", "type", fallback="reflink,copy")
+    if "copy" not in [t.strip() for t in types.split(",")]:
+        return None
+    return dvc_dir / config.get("cache", "dir", fallback="cache")
+
+
+def _existing(folder: Path) -> Path:
+    if folder.exists():
+        return folder
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _sizes(*sizes: int) -> list[str]:
+    """The sizes in GB with as many decimals as it takes to tell the first two apart."""
+    for decimals in range(2, 10):
+        shown = [f"{s / 1e9:.{decimals}f} GB" for s in sizes]
+        if shown[0] != shown[1]:
+            return shown
+    return [f"{s} bytes" for s in sizes]
 
 
 def write_dataset(path: str | Path, cfg: DataConfig, split: str, rows: int) -> None:

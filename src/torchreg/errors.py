@@ -1,5 +1,7 @@
 """User-facing errors: each becomes one line on stderr and a non-zero exit, never a traceback."""
 
+import reprlib
+
 
 class UserError(Exception):
     """A mistake the user can fix (params, missing or bad files, settings)."""
@@ -15,3 +17,30 @@ class DataError(UserError):
 
 class DivergenceError(UserError):
     """Training produced a NaN or infinite loss."""
+
+
+# A value echoed in a message is cut to this many characters: a 1 MB string or a YAML alias
+# bomb (a few lines that expand to a billion values) must give a short line, quickly.
+MAX_SHOWN = 80
+_repr = reprlib.Repr()
+_repr.maxlevel = 2  # nested containers beyond this show as [...]: shared aliases never expand
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
+_repr.maxstring = _repr.maxother = _repr.maxlong = MAX_SHOWN
+
+
+def shown(value: object, limit: int = MAX_SHOWN) -> str:
+    """`value` as it may appear in a message: strings quoted, at most `limit` characters.
+
+    Never calls str() on a container whole: reprlib stops at a fixed depth and breadth, so the
+    work is bounded whatever the value holds.
+    """
+    try:
+        text = _repr.repr(value)
+    except ValueError:  # an int past Python's 4300-digit str() limit
+        text = f"<{type(value).__name__} too long to show>"
+    return clip(text, limit)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, marked with '...' when cut."""
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."

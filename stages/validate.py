@@ -1,0 +1,39 @@
+"""Check params.yaml before any other stage runs, so a params mistake deletes nothing.
+
+`dvc repro` and `dvc exp run` remove a stage's outputs just before running its command
+(dvc/stage/__init__.py, `Stage.run`: `self.remove_outs(...)`). Every other stage depends on this
+stage's output, so DVC runs this one first; a bad value stops the pipeline here, before DVC
+reaches train and removes the last good model.
+
+Reads:  params.yaml (every section)
+Writes: metrics/params.ok  (always the same bytes, so a params change reruns only the stages
+        that use the changed params)
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from torchreg.cli import run_main
+from torchreg.config import load_params
+from torchreg.io import write_bytes
+
+OK = b"params.yaml checked\n"
+
+
+def run(params_path: Path, out: Path) -> None:
+    load_params(params_path)
+    write_bytes(out, OK)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, default=Path("metrics/params.ok"))
+    args = parser.parse_args(argv)
+    run_main("validate", lambda: run(args.params, args.out))
+
+
+if __name__ == "__main__":
+    main()

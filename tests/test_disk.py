@@ -1,0 +1,124 @@
+"""The free-space check of generate: leftovers of a killed run, DVC's cache copy, the figures."""
+
+import importlib.util
+import os
+import shutil
+from collections import namedtuple
+
+import pytest
+
+from conftest import ROOT
+from torchreg.data import check_disk, dvc_cache_copy_dir, nbytes
+from torchreg.errors import DataError
+
+Usage = namedtuple("Usage", "total used free")
+spec = importlib.util.spec_from_file_location("generate_stage", ROOT / "stages/generate.py")
+generate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(generate)
+
+
+def fake_disk(monkeypatch, free: int) -> None:
+    """A disk with `free` bytes, less whatever temporary files lie in the folder asked about."""
+
+    def usage(folder):
+        temps = sum(p.stat().st_size for p in __import__("pathlib").Path(folder).glob(".*.tmp"))
+        return Usage(10**12, 0, free - temps)
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def data_bytes(params) -> int:
+    return sum(nbytes(n, params.data.n_features) for n in (params.data.n_train, params.data.n_test))
+
+
+def test_a_killed_runs_leftover_does_not_count_against_the_rerun(workdir, monkeypatch, params):
+    needed = data_bytes(params)
+    (workdir / "data").mkdir()
+    stale = workdir / "data/.train.npy.abc123.tmp"  # what a SIGKILLed generate leaves
+    stale.write_bytes(b"\0" * needed)
+    fake_disk(monkeypatch, free=needed + 1000)  # enough once the leftover is gone
+    generate.main([])
+    assert not stale.exists()
+    assert (workdir / "data/train.npy").exists()
+
+
+def test_under_dvc_the_cache_copy_counts(workdir, monkeypatch, params, capsys):
+    needed = data_bytes(params)
+    (workdir / ".dvc").mkdir()
+    (workdir / ".dvc/config").write_text("[core]\n    remote = local\n")
+    monkeypatch.setenv("DVC_ROOT", str(workdir))  # what DVC sets for a stage command
+    assert dvc_cache_copy_dir() == workdir / ".dvc/cache"
+    fake_disk(monkeypatch, free=needed + needed // 2)  # room for the data, not for its copy
+    with pytest.raises(SystemExit) as exc:
+        generate.main([])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "DVC's cache copy" in err and "dvc cache dir" in err, err
+    assert not (workdir / "data/train.npy").exists()
+    assert not list((workdir / "data").glob(".*.tmp"))
+
+    # Outside DVC the same disk is enough.
+    monkeypatch.delenv("DVC_ROOT")
+    generate.main([])
+    assert (workdir / "data/train.npy").exists()
+
+
+@pytest.mark.parametrize(
+    ("cache", "copies"),
+    [
+        ("", True),  # DVC's default: reflink,copy
+        ("[cache]\n    type = reflink,copy\n", True),
+        ("[cache]\n    type = copy\n", True),
+        ("[cache]\n    type = hardlink,symlink\n", False),
+        ("[cache]\n    type = reflink\n", False),
+    ],
+)
+def test_cache_link_types(tmp_path, monkeypatch, cache, copies):
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc/config").write_text(cache)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert (dvc_cache_copy_dir() is not None) == copies
+
+
+def test_a_cache_dir_set_in_config_local(tmp_path, monkeypatch):
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc/config").write_text("[cache]\n    dir = cache\n")
+    (tmp_path / ".dvc/config.local").write_text("[cache]\n    dir = ../../elsewhere\n")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert dvc_cache_copy_dir() == tmp_path / ".dvc/../../elsewhere"
+
+
+def test_the_message_tells_close_figures_apart(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: Usage(10**12, 0, 200_000_000))
+    with pytest.raises(DataError, match=r"needs 0\.21 GB but .* has 0\.20 GB free"):
+        check_disk({tmp_path / "data/train.npy": 207_000_000})
+    with pytest.raises(DataError, match=r"needs 0\.2001 GB but .* has 0\.2000 GB free"):
+        check_disk({tmp_path / "data/train.npy": 200_100_000})
+    check_disk({tmp_path / "data/train.npy": 200_000_000})  # exactly fits
+
+
+def test_a_cache_on_another_file_system_is_checked_on_its_own(tmp_path, monkeypatch):
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    data = tmp_path / "data/train.npy"
+    cache_dev = os.stat(tmp_path).st_dev + 1
+    real_stat = os.stat
+
+    class Stat:  # the cache folder reports another device
+        def __init__(self, path):
+            self.st_dev = cache_dev if ".dvc" in str(path) else real_stat(path).st_dev
+            self.st_mode = real_stat(path).st_mode
+
+    monkeypatch.setattr("pathlib.Path.stat", lambda self, **kw: Stat(self))
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: Usage(10**12, 0, 150))
+    check_disk({data: 100})  # 100 on each file system, 150 free on each
