@@ -1,0 +1,91 @@
+"""Drive DVC experiments from Python: set params, queue a set, run it with N workers, read the
+results. Used by experiments/activations.py, the benchmark and the tests; every call takes the
+repository it works on, and everything goes through DVC (CLI or `dvc.api`), so what works here
+works the same typed by hand.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+BIN = Path(sys.executable).parent  # the venv's dvc, whatever PATH says
+
+
+def set_params(repo: Path, **changes: object) -> None:
+    """Set keys given as section__key=value (e.g. train__epochs=5) in repo/params.yaml, keeping
+    its comments (a round trip through ruamel.yaml, which reads YAML 1.2 as DVC does)."""
+    yaml = YAML()
+    path = Path(repo) / "params.yaml"
+    data = yaml.load(path.read_text())
+    for key, value in changes.items():
+        section, name = key.split("__")
+        data[section][name] = value
+    with path.open("w") as f:
+        yaml.dump(data, f)
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> str:
+    result = subprocess.run([BIN / "dvc", *args], cwd=repo, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def queue(repo: Path, experiments: Mapping[str, Iterable[str]], shared: Iterable[str] = ()) -> None:
+    """Queue one experiment per name with `-S` overrides; old experiments of a name go first."""
+    for name in experiments:  # one by one: a name that is not there fails the whole call
+        dvc(repo, "exp", "remove", name, check=False)
+    for name, overrides in experiments.items():
+        sets = [arg for s in (*shared, *overrides) for arg in ("-S", s)]
+        dvc(repo, "exp", "run", "--queue", "--name", name, *sets)
+
+
+def pending(repo: Path) -> int:
+    """Experiments queued or running, from DVC's own queue (what `dvc queue status` lists)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        tasks = dvc_repo.experiments.celery_queue.status()
+    return sum(task["status"] in ("Queued", "Running") for task in tasks)
+
+
+def run_queue(repo: Path, jobs: int, poll_s: float = 1.0) -> float:
+    """Start `jobs` workers and wait until nothing is queued or running; return the wall time
+    from the start to the end of the last experiment.
+
+    The workers' output goes to a file: they outlive `dvc queue start`, and a pipe they inherit
+    would keep its reader waiting until they exit.
+    """
+    start = time.perf_counter()
+    with open(Path(repo) / ".dvc" / "tmp" / "queue-start.log", "w") as log:
+        subprocess.run(
+            [BIN / "dvc", "queue", "start", "--jobs", str(jobs)],
+            cwd=repo,
+            stdout=log,
+            stderr=log,
+            check=True,
+        )
+    while pending(repo):
+        time.sleep(poll_s)
+    return time.perf_counter() - start
+
+
+def results(repo: Path, names: Iterable[str]) -> dict[str, dict]:
+    """For each named experiment: its state, params and metrics, from `dvc.api.exp_show`."""
+    import dvc.api
+
+    wanted, found = set(names), {}
+    for row in dvc.api.exp_show(repo=str(repo)):
+        if row.get("Experiment") in wanted:
+            found[row["Experiment"]] = {
+                "state": row.get("State") or "Success",
+                "rev": row.get("rev"),
+                "row": row,
+            }
+    return found
