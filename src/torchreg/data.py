@@ -13,6 +13,7 @@ would cost the stage most of its run time. Callers wrap the arrays with torch.fr
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 
 from torchreg.config import DataConfig
 from torchreg.errors import DataError
-from torchreg.io import atomic_path
+from torchreg.io import atomic_path, open_input
 
 BLOCK_ROWS = 65536
 
@@ -86,23 +87,32 @@ class DataFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            # Parses and checks the header; mapping maps nothing into memory until touched.
-            array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            with open_input(self.path) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+                self._offset = f.tell()
+                size = os.fstat(f.fileno()).st_size
         except FileNotFoundError:
             raise DataError(
                 f"{self.path} not found: run the generate stage first (dvc repro generate)"
             ) from None
         except (ValueError, OSError, EOFError) as exc:
             raise DataError(f"{self.path}: not a valid data file ({exc})") from None
-        if not isinstance(array, np.memmap) or array.dtype != np.float32 or array.ndim != 2:
-            raise DataError(f"{self.path}: expected a 2-D float32 array, got {_describe(array)}")
-        if array.shape[0] < 1 or array.shape[1] < 2 or not array.flags.c_contiguous:
+        if dtype != np.float32 or len(shape) != 2:
             raise DataError(
-                f"{self.path}: expected at least 1 row and 2 columns, got {array.shape}"
+                f"{self.path}: expected a 2-D float32 array, got {dtype} array of shape {shape}"
             )
-        self.rows, self.columns = array.shape
-        self._offset = array.offset
-        del array
+        if shape[0] < 1 or shape[1] < 2 or fortran_order:
+            raise DataError(f"{self.path}: expected at least 1 row and 2 columns, got {shape}")
+        self.rows, self.columns = shape
+        if size < self._offset + self.rows * self.columns * 4:
+            raise DataError(
+                f"{self.path}: not a valid data file (shorter than its header says: "
+                f"{size} bytes, the header needs {self._offset + self.rows * self.columns * 4})"
+            )
 
     @property
     def n_features(self) -> int:
@@ -112,7 +122,7 @@ class DataFile:
         """Rows [start, stop) as a new (rows, features + 1) float32 array."""
         stop = self.rows if stop is None else min(stop, self.rows)
         out = np.empty((max(stop - start, 0), self.columns), dtype=np.float32)
-        with self.path.open("rb") as f:
+        with open_input(self.path) as f:
             f.seek(self._offset + start * self.columns * 4)
             if f.readinto(memoryview(out).cast("B")) != out.nbytes:
                 raise DataError(f"{self.path}: file is shorter than its header says")
@@ -121,9 +131,3 @@ class DataFile:
     def blocks(self, rows: int) -> Iterator[np.ndarray]:
         for start in range(0, self.rows, rows):
             yield self.read(start, start + rows)
-
-
-def _describe(array: object) -> str:
-    if isinstance(array, np.ndarray):
-        return f"{array.dtype} array of shape {array.shape}"
-    return type(array).__name__
