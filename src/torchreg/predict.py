@@ -86,8 +86,9 @@ class RowReader:
             f"{self.name}: no rows to predict (expected {self.n_features} numeric columns)"
         )
 
-    def chunks(self, size: int = CHUNK_ROWS) -> Iterator[tuple[list[list[str]], torch.Tensor]]:
-        """(cell texts, float32 features) for up to `size` rows at a time."""
+    def chunks(self, size: int | None = None) -> Iterator[tuple[list[list[str]], torch.Tensor]]:
+        """(cell texts, float32 features) for up to `size` (CHUNK_ROWS) rows at a time."""
+        size = size or CHUNK_ROWS
         rows = itertools.chain(self._pending, self._rows)
         while True:
             values: list[list[float]] = []
