@@ -17,20 +17,28 @@ import torch
 
 from torchreg.cli import run_main
 from torchreg.config import DataConfig, load_params
-from torchreg.data import DataFile
+from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.errors import DataError
 from torchreg.evaluation import SAMPLE_ROWS, curve_rows, evaluate, prediction_rows
 from torchreg.io import write_json, write_tsv
-from torchreg.model import load_model
+from torchreg.model import TRAIN_HINT, load_model
 
 log = logging.getLogger("evaluate")
 
 
 def run(
-    cfg: DataConfig, model_path: Path, train_path: Path, test_path: Path, out: dict[str, Path]
+    cfg: DataConfig,
+    model_path: Path,
+    train_path: Path,
+    test_path: Path,
+    out: dict[str, Path],
+    own_paths: frozenset[str] = frozenset(),
 ) -> dict:
-    model, _, n_features = load_model(model_path)
-    train, test = DataFile(train_path), DataFile(test_path)  # read a chunk at a time
+    """`own_paths`: the inputs ("model", "train", "test") the user named; a missing one is only
+    said to be missing, while a missing pipeline path names the stage that makes it."""
+    model, _, n_features = load_model(model_path, None if "model" in own_paths else TRAIN_HINT)
+    train = DataFile(train_path, None if "train" in own_paths else GENERATE_HINT)
+    test = DataFile(test_path, None if "test" in own_paths else GENERATE_HINT)  # read in chunks
     for path, rows in ((train_path, train), (test_path, test)):
         if rows.n_features != n_features:
             raise DataError(
@@ -69,10 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--curves", type=Path, default=Path("plots/curves.tsv"))
     args = parser.parse_args(argv)
     out = {"metrics": args.metrics, "predictions": args.predictions, "curves": args.curves}
-    run_main(
-        "evaluate",
-        lambda: run(load_params(args.params).data, args.model, args.train, args.test, out),
-    )
+    inputs = (args.model, args.train, args.test)
+    names = ("model", "train", "test")
+    own = frozenset(k for k in names if getattr(args, k) != parser.get_default(k))
+    run_main("evaluate", lambda: run(load_params(args.params).data, *inputs, out, own))
 
 
 if __name__ == "__main__":

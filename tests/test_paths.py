@@ -239,3 +239,15 @@ def test_dvc_repro_with_a_fifo_for_data(repo):
     replace_with(repo / "data/train.npy", "fifo")
     result = run(["dvc", "repro"], repo, check=False, timeout=30)
     assert result.returncode != 0 and "data/train.npy" in result.stderr
+
+
+def test_a_missing_path_the_user_named_gets_no_pipeline_advice(project):
+    """'run the train stage first' fits only the path the train stage writes."""
+    evaluate = ("stages/evaluate.py",)
+    line = one_line(script(project, *evaluate, "--model", "nope.safetensors"), "evaluate")
+    assert line == "evaluate: error: nope.safetensors not found"
+    line = one_line(script(project, *evaluate, "--test", "nope.npy"), "evaluate")
+    assert line == "evaluate: error: nope.npy not found"
+    (project / "models/model.safetensors").unlink()
+    line = one_line(script(project, "stages/evaluate.py"), "evaluate")
+    assert "models/model.safetensors not found: run the train stage first" in line

@@ -45,6 +45,8 @@ def test_predicts_with_or_without_header(tmp_path, model_file, text):
         ("a,b\n1,2\n", "header has 2 columns but the model expects 4"),
         ("1,2,3,4\n1,2,x,4\n", "row 2 is not all numbers"),
         ("1,2,3,nan\n", "row 1 has a NaN or infinite value"),
+        ("1,2,3,4\n1,2,3,1e39\n", "row 2 has a value beyond the model's float32 range"),
+        ('1,2,3,4\n1,"2,5",3,4\n', "row 2 is not all numbers"),  # a comma inside a cell
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, model_file, text, expected):
@@ -122,6 +124,16 @@ def test_input_text_is_echoed_as_given(tmp_path, model_file):
         "x0,x1,x2,x3,predicted",
         f"0.1,16777217,1e3,2.50,{0.1 + 2 * 16777217 + 3 * 1e3 + 4 * 2.5 + 0.5:.7g}",
         "-0,0.000,1E-1,0,0.8",
+    ]
+
+
+def test_spaces_around_cells_are_stripped_in_the_echo(tmp_path, model_file):
+    (tmp_path / "rows.csv").write_text("x0, x1 ,x2,x3\n1,\t0 ,\u00a00,0\r\n0,0,0,1\n")
+    run(model_file, tmp_path / "rows.csv", tmp_path / "out.csv")
+    assert (tmp_path / "out.csv").read_text().splitlines() == [
+        "x0,x1,x2,x3,predicted",
+        "1,0,0,0,1.5",
+        "0,0,0,1,4.5",
     ]
 
 

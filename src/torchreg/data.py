@@ -25,6 +25,7 @@ from torchreg.errors import DataError
 from torchreg.io import atomic_path, open_input
 
 BLOCK_ROWS = 65536
+GENERATE_HINT = "run the generate stage first (dvc repro generate)"
 
 # y = f(x) before noise; `linear` is the tutorial's x @ w + b, the others need a hidden layer.
 TARGETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -84,7 +85,9 @@ class DataFile:
     """A data file, checked on open and read in row ranges: a range is read into memory only
     when asked for, so a pass over a file larger than memory keeps memory flat."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, missing_hint: str | None = GENERATE_HINT) -> None:
+        """`missing_hint`: the advice when the file does not exist (the generate stage's advice
+        fits only the paths that stage writes)."""
         self.path = Path(path)
         try:
             with open_input(self.path) as f:
@@ -96,9 +99,8 @@ class DataFile:
                 self._offset = f.tell()
                 size = os.fstat(f.fileno()).st_size
         except FileNotFoundError:
-            raise DataError(
-                f"{self.path} not found: run the generate stage first (dvc repro generate)"
-            ) from None
+            advice = f": {missing_hint}" if missing_hint else ""
+            raise DataError(f"{self.path} not found{advice}") from None
         except (ValueError, OSError, EOFError) as exc:
             raise DataError(f"{self.path}: not a valid data file ({exc})") from None
         if dtype != np.float32 or len(shape) != 2:
