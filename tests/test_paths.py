@@ -33,7 +33,7 @@ DIRECTORY = "is a directory, not a regular file"
 
 
 def script(cwd: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TORCHREG_FIFO_WAIT_S": "1"}
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
@@ -216,6 +216,21 @@ def test_predict_output_to_a_fifo_with_a_reader(project):
     assert received[0].splitlines()[0] == "x0,x1,x2,x3,predicted"
     assert len(received[0].splitlines()) == 3
     assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+@pytest.mark.parametrize(
+    "stage,args,path",
+    [
+        ("generate", ["stages/generate.py"], "data/train.npy"),
+        ("predict", ["-m", "torchreg.predict", "--input", "rows.csv", "--output", "out"], "out"),
+    ],
+)
+def test_an_output_fifo_nobody_reads_is_one_line_not_a_hang(project, stage, args, path):
+    (project / path).unlink(missing_ok=True)
+    os.mkfifo(project / path)
+    line = one_line(script(project, *args), stage)
+    assert f"cannot write {path}: it is a FIFO (named pipe) and no process opened it" in line
+    assert stat.S_ISFIFO((project / path).stat().st_mode)
 
 
 def test_stage_output_that_is_a_directory_is_one_line(project):

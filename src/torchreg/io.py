@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import glob
 import io
 import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -35,10 +37,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     if _writes_directly(path):
+        reader = _wait_for_reader(path)
         try:
             yield path
         except OSError as exc:
             raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+        finally:
+            if reader is not None:
+                os.close(reader)
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +67,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+# How long an output FIFO may wait for its reader (seconds), as `cmd > fifo & reader` needs.
+FIFO_READER_WAIT_S = float(os.environ.get("TORCHREG_FIFO_WAIT_S", "10"))
 _DESCRIPTOR_NAMES = ("/dev/fd/", "/dev/stdout", "/dev/stderr", "/proc/")
 
 
@@ -81,6 +89,36 @@ def _writes_directly(path: Path) -> bool:
     if not stat.S_ISREG(mode):
         raise UserError(f"cannot write {path}: {describe_mode(mode)}, not a regular file")
     return False
+
+
+def _wait_for_reader(path: Path) -> int | None:
+    """For a FIFO: wait up to FIFO_READER_WAIT_S for a process to read it, so that a pipe
+    nobody reads is one clear error, not a stage blocked for ever in open(). Returns a write
+    descriptor held until the writing is done (None for anything but a FIFO)."""
+    deadline = time.monotonic() + FIFO_READER_WAIT_S
+    while True:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: a FIFO with no reader yet
+                if exc.errno in (errno.ENOENT, errno.ENODEV, errno.EISDIR):
+                    return None
+                if not stat.S_ISFIFO(_mode(path)):
+                    return None  # a device that refuses O_NONBLOCK: the caller's open decides
+                raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"cannot write {path}: it is a FIFO (named pipe) and no process opened it for "
+                f"reading within {FIFO_READER_WAIT_S:g} s; start the reader first"
+            )
+        time.sleep(0.05)
+
+
+def _mode(path: Path) -> int:
+    try:
+        return path.stat().st_mode
+    except OSError:
+        return 0
 
 
 def describe_mode(mode: int) -> str:
