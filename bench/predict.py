@@ -78,13 +78,15 @@ def main() -> None:
         started = time.perf_counter()
         subprocess.run(cmd, cwd=folder, env=env, check=True)
         seconds = time.perf_counter() - started
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak_mib = usage.ru_maxrss / 1024  # KiB on Linux
+        cpu = usage.ru_utime + usage.ru_stime  # less sensitive than wall time to a busy machine
         out_rows = sum(1 for _ in (folder / "predicted.csv").open()) - 1
         assert out_rows == rows, (out_rows, rows)
         print(
             f"predict: {rows:,} rows ({size / 1e9:.2f} GB) in {seconds:.1f} s = "
             f"{rows / seconds:,.0f} rows/s, {size / 1e6 / seconds:.1f} MB/s; "
-            f"peak RSS {peak_mib:.0f} MiB"
+            f"CPU {cpu:.1f} s = {rows / cpu:,.0f} rows per CPU second; peak RSS {peak_mib:.0f} MiB"
         )
 
 
