@@ -34,6 +34,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     Temporary files left by a killed earlier run (SIGKILL gives no chance to clean up) are
     removed first. A failure to write (no permission, disk full) becomes one clear UserError.
+    A character device or a FIFO (/dev/null, /dev/stdout, a pipe) is yielded itself, to be
+    written directly; a directory or other special file is refused.
     """
     path = Path(path)
     if _writes_directly(path):
@@ -68,7 +70,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 # How long an output FIFO may wait for its reader (seconds), as `cmd > fifo & reader` needs.
-FIFO_READER_WAIT_S = float(os.environ.get("TORCHREG_FIFO_WAIT_S", "10"))
+try:
+    FIFO_READER_WAIT_S = float(os.environ.get("TORCHREG_FIFO_WAIT_S", "10"))
+except ValueError:
+    FIFO_READER_WAIT_S = 10.0
 _DESCRIPTOR_NAMES = ("/dev/fd/", "/dev/stdout", "/dev/stderr", "/proc/")
 
 
