@@ -18,11 +18,11 @@ import torch
 
 from torchreg.cli import run_main
 from torchreg.config import DataConfig, load_params
-from torchreg.data import DataFile
+from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.errors import DataError
 from torchreg.evaluation import SAMPLE_ROWS, curve_rows, evaluate, prediction_rows
 from torchreg.io import write_json, write_tsv
-from torchreg.model import load_model
+from torchreg.model import TRAIN_HINT, load_model
 
 log = logging.getLogger("evaluate")
 
@@ -34,10 +34,14 @@ def run(
     test_path: Path,
     out: dict[str, Path],
     loss: str = "mae",
+    own_paths: frozenset[str] = frozenset(),
 ) -> dict:
-    """`loss` is train.loss, the loss whose exact minimizer the linear model is compared with."""
-    model, _, n_features = load_model(model_path)
-    train, test = DataFile(train_path), DataFile(test_path)  # read a chunk at a time
+    """`loss` is train.loss, the loss whose exact minimizer the linear model is compared with.
+    `own_paths`: the inputs ("model", "train", "test") the user named; a missing one is only
+    said to be missing, while a missing pipeline path names the stage that makes it."""
+    model, _, n_features = load_model(model_path, None if "model" in own_paths else TRAIN_HINT)
+    train = DataFile(train_path, None if "train" in own_paths else GENERATE_HINT)
+    test = DataFile(test_path, None if "test" in own_paths else GENERATE_HINT)  # read in chunks
     for path, rows in ((train_path, train), (test_path, test)):
         if rows.n_features != n_features:
             raise DataError(
@@ -108,10 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     out = {"metrics": args.metrics, "predictions": args.predictions, "curves": args.curves}
+    names = ("model", "train", "test")
+    own = frozenset(k for k in names if getattr(args, k) != parser.get_default(k))
 
     def body() -> dict:
         params = load_params(args.params)
-        return run(params.data, args.model, args.train, args.test, out, params.train.loss)
+        inputs = (args.model, args.train, args.test)
+        return run(params.data, *inputs, out, params.train.loss, own)
 
     run_main("evaluate", body)
 

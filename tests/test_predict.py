@@ -1,9 +1,17 @@
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+import torchreg.predict as predict_module
+from conftest import ROOT
 from torchreg.errors import DataError
 from torchreg.model import build_model, save_model
-from torchreg.predict import run
+from torchreg.predict import is_header, run
 from torchreg.training import seeded
 
 
@@ -21,9 +29,10 @@ def model_file(tmp_path, params):
 def test_predicts_with_or_without_header(tmp_path, model_file, text):
     (tmp_path / "rows.csv").write_text(text)
     out = tmp_path / "out.csv"
-    predicted = run(model_file, tmp_path / "rows.csv", out)
-    assert predicted.tolist() == [1.5, 4.5]
+    assert run(model_file, tmp_path / "rows.csv", out) == 2
     lines = out.read_text().splitlines()
+    predicted = [float(line.rsplit(",", 1)[1]) for line in lines[1:]]
+    assert predicted == [1.5, 4.5]
     assert lines[0].endswith(",predicted") and lines[1].endswith(",1.5")
 
 
@@ -36,6 +45,8 @@ def test_predicts_with_or_without_header(tmp_path, model_file, text):
         ("a,b\n1,2\n", "header has 2 columns but the model expects 4"),
         ("1,2,3,4\n1,2,x,4\n", "row 2 is not all numbers"),
         ("1,2,3,nan\n", "row 1 has a NaN or infinite value"),
+        ("1,2,3,4\n1,2,3,1e39\n", "row 2 has a value beyond the model's float32 range"),
+        ('1,2,3,4\n1,"2,5",3,4\n', "row 2 is not all numbers"),  # a comma inside a cell
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, model_file, text, expected):
@@ -48,3 +59,163 @@ def test_bad_input_is_one_clear_error(tmp_path, model_file, text, expected):
 def test_missing_input(tmp_path, model_file):
     with pytest.raises(DataError, match="not found"):
         run(model_file, tmp_path / "none.csv", None)
+
+
+# --- header detection, echo, streaming, paths, stdin, --help: through the real CLI -----------
+
+
+def cli(cwd, *args, stdin=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, "-m", "torchreg.predict", *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def one_line(result):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("predict: error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "cells,header",
+    [
+        (["x0", "x1"], True),
+        (["", "1"], False),  # an empty cell is a missing value, never a header
+        (["x0", ""], False),
+        (["x0", "1"], False),
+        (["1", "2"], False),
+        (["nan", "inf"], False),
+    ],
+)
+def test_a_header_is_a_row_of_names(cells, header):
+    assert is_header(cells) is header
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (",0,0,0\n1,0,0,0\n", "row 1 has an empty cell (column 1)"),
+        ("x0,,x2,x3\n1,0,0,0\n", "row 1 has an empty cell (column 2)"),
+        ("x0,x1,x2,x3\n1,0,,0\n", "row 2 has an empty cell (column 3)"),
+        ("1,0,0,0\n \t,0,0,0\n", "row 2 has an empty cell (column 1)"),
+    ],
+)
+def test_a_row_with_an_empty_cell_is_an_error_not_a_header(tmp_path, model_file, text, expected):
+    (tmp_path / "rows.csv").write_text(text)
+    with pytest.raises(DataError, match=re.escape(expected)):
+        run(model_file, tmp_path / "rows.csv", tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_input_text_is_echoed_as_given(tmp_path, model_file):
+    (tmp_path / "rows.csv").write_text(' 0.1 ,16777217,1e3,"2.50"\n-0,0.000,1E-1,0\n')
+    run(model_file, tmp_path / "rows.csv", tmp_path / "out.csv")
+    assert (tmp_path / "out.csv").read_text().splitlines() == [
+        "x0,x1,x2,x3,predicted",
+        f"0.1,16777217,1e3,2.50,{0.1 + 2 * 16777217 + 3 * 1e3 + 4 * 2.5 + 0.5:.7g}",
+        "-0,0.000,1E-1,0,0.8",
+    ]
+
+
+def test_spaces_around_cells_are_stripped_in_the_echo(tmp_path, model_file):
+    (tmp_path / "rows.csv").write_text("x0, x1 ,x2,x3\n1,\t0 ,\u00a00,0\r\n0,0,0,1\n")
+    run(model_file, tmp_path / "rows.csv", tmp_path / "out.csv")
+    assert (tmp_path / "out.csv").read_text().splitlines() == [
+        "x0,x1,x2,x3,predicted",
+        "1,0,0,0,1.5",
+        "0,0,0,1,4.5",
+    ]
+
+
+def test_rows_are_read_and_written_a_chunk_at_a_time(tmp_path, model_file, monkeypatch):
+    monkeypatch.setattr(predict_module, "CHUNK_ROWS", 3)
+    seen = []
+    real = predict_module.predict
+    monkeypatch.setattr(predict_module, "predict", lambda m, x: seen.append(len(x)) or real(m, x))
+    (tmp_path / "rows.csv").write_text("".join(f"{i},0,0,0\n" for i in range(8)))
+    assert run(model_file, tmp_path / "rows.csv", tmp_path / "out.csv") == 8
+    assert seen == [3, 3, 2]
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 9
+
+
+def test_a_bad_row_after_some_chunks_leaves_no_output(tmp_path, model_file, monkeypatch):
+    monkeypatch.setattr(predict_module, "CHUNK_ROWS", 2)
+    (tmp_path / "rows.csv").write_text("1,0,0,0\n" * 5 + "1,0,x,0\n")
+    (tmp_path / "out.csv").write_text("old output\n")
+    with pytest.raises(DataError, match="row 6 is not all numbers"):
+        run(model_file, tmp_path / "rows.csv", tmp_path / "out.csv")
+    assert (tmp_path / "out.csv").read_text() == "old output\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "out.csv", "rows.csv"]
+
+
+def test_on_stdout_the_chunks_before_a_bad_row_are_printed(tmp_path, model_file):
+    """Documented behaviour: standard output cannot be taken back, so the chunks before a bad
+    row are there; the exit status 2 and the one line on stderr say it is incomplete."""
+    good = predict_module.CHUNK_ROWS + 5
+    (tmp_path / "rows.csv").write_text("1,0,0,0\n" * good + "1,0,x,0\n")
+    result = cli(tmp_path, "--model", "m.pt", "--input", "rows.csv")
+    assert f"row {good + 1} is not all numbers" in one_line(result)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "x0,x1,x2,x3,predicted"
+    assert len(lines) - 1 == predict_module.CHUNK_ROWS
+    assert set(lines[1:]) == {"1,0,0,0,1.5"}
+
+
+@pytest.mark.parametrize(
+    "output",
+    ["rows.csv", "./rows.csv", "sub/../rows.csv", "{tmp}/rows.csv", "link.csv", "hard.csv"],
+)
+def test_output_equal_to_input_is_refused_before_anything_is_written(tmp_path, model_file, output):
+    text = "x0,x1,x2,x3\n1,0,0,0\n"
+    (tmp_path / "rows.csv").write_text(text)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.csv").symlink_to("rows.csv")
+    os.link(tmp_path / "rows.csv", tmp_path / "hard.csv")
+    output = output.format(tmp=tmp_path)
+    line = one_line(cli(tmp_path, "--model", "m.pt", "--input", "rows.csv", "--output", output))
+    assert f"--output {Path(output)} is the input file" in line
+    assert (tmp_path / "rows.csv").read_text() == text
+    assert (tmp_path / "link.csv").is_symlink()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_input_dash_reads_standard_input(tmp_path, model_file):
+    result = cli(tmp_path, "--model", "m.pt", "--input", "-", stdin="1,0,0,0\n0,0,0,1\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["x0,x1,x2,x3,predicted", "1,0,0,0,1.5", "0,0,0,1,4.5"]
+    result = cli(
+        tmp_path, "--model", "m.pt", "--input", "-", "--output", "out.csv", stdin="1,0,x,0\n"
+    )
+    assert "predict: error: standard input: row 1 is not all numbers" in one_line(result)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_help_shows_every_option_with_its_default(tmp_path):
+    result = cli(tmp_path, "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert text.startswith("usage: python -m torchreg.predict ")
+    for option, default in [
+        ("--model", "(default: models/model.safetensors)"),
+        ("--input", "(required, no default)"),
+        ("--output", "(default: standard output)"),
+    ]:
+        assert option in text and default in text
+
+
+def test_a_model_file_the_user_named_is_missing(tmp_path):
+    (tmp_path / "rows.csv").write_text("1,0,0,0\n")
+    line = one_line(cli(tmp_path, "--model", "nope.safetensors", "--input", "rows.csv"))
+    assert line == "predict: error: nope.safetensors not found"
+    line = one_line(cli(tmp_path, "--input", "rows.csv"))
+    assert "models/model.safetensors not found: run the train stage first" in line

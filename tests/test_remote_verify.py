@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from conftest import run
-from test_versioning import commit, s3_server  # noqa: F401 - s3_server is a fixture
+from test_versioning import commit
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def test_a_flipped_byte_in_the_default_remote_is_refused(repo, tmp_path):
     print(pull_refuses(repo, tmp_path))
 
 
-def test_a_flipped_byte_in_an_s3_remote_is_refused(repo, tmp_path, s3_server, monkeypatch):  # noqa: F811
+def test_a_flipped_byte_in_an_s3_remote_is_refused(repo, tmp_path, s3_server, monkeypatch):
     import boto3
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):

@@ -24,8 +24,9 @@ import numpy as np
 
 from torchreg.config import DataConfig
 from torchreg.errors import DataError
-from torchreg.io import atomic_path, remove_stale_temps
+from torchreg.io import atomic_path, open_input, remove_stale_temps
 
+GENERATE_HINT = "run the generate stage first (dvc repro generate)"
 # Rows handled at once everywhere: a generated block (the data's bytes depend on it, so it never
 # changes), a read, a gather of shuffled rows, an evaluation pass. 65,536 rows of 5 float32 are
 # 1.25 MiB: memory stays flat at any size, and the per-chunk Python cost is negligible.
@@ -162,26 +163,36 @@ class DataFile:
     """A data file, checked on open and read in row ranges: a range is read into memory only
     when asked for, so a pass over a file larger than memory keeps memory flat."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, missing_hint: str | None = GENERATE_HINT) -> None:
+        """`missing_hint`: the advice when the file does not exist (the generate stage's advice
+        fits only the paths that stage writes)."""
         self.path = Path(path)
         try:
-            # Parses and checks the header; mapping maps nothing into memory until touched.
-            array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            with open_input(self.path) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+                self._offset = f.tell()
+                size = os.fstat(f.fileno()).st_size
         except FileNotFoundError:
-            raise DataError(
-                f"{self.path} not found: run the generate stage first (dvc repro generate)"
-            ) from None
+            advice = f": {missing_hint}" if missing_hint else ""
+            raise DataError(f"{self.path} not found{advice}") from None
         except (ValueError, OSError, EOFError) as exc:
             raise DataError(f"{self.path}: not a valid data file ({exc})") from None
-        if not isinstance(array, np.memmap) or array.dtype != np.float32 or array.ndim != 2:
-            raise DataError(f"{self.path}: expected a 2-D float32 array, got {_describe(array)}")
-        if array.shape[0] < 1 or array.shape[1] < 2 or not array.flags.c_contiguous:
+        if dtype != np.float32 or len(shape) != 2:
             raise DataError(
-                f"{self.path}: expected at least 1 row and 2 columns, got {array.shape}"
+                f"{self.path}: expected a 2-D float32 array, got {dtype} array of shape {shape}"
             )
-        self.rows, self.columns = array.shape
-        self._offset = array.offset
-        del array
+        if shape[0] < 1 or shape[1] < 2 or fortran_order:
+            raise DataError(f"{self.path}: expected at least 1 row and 2 columns, got {shape}")
+        self.rows, self.columns = shape
+        if size < self._offset + self.rows * self.columns * 4:
+            raise DataError(
+                f"{self.path}: not a valid data file (shorter than its header says: "
+                f"{size} bytes, the header needs {self._offset + self.rows * self.columns * 4})"
+            )
 
     @property
     def n_features(self) -> int:
@@ -191,7 +202,7 @@ class DataFile:
         """Rows [start, stop) as a new (rows, features + 1) float32 array."""
         stop = self.rows if stop is None else min(stop, self.rows)
         out = np.empty((max(stop - start, 0), self.columns), dtype=np.float32)
-        with self.path.open("rb") as f:
+        with open_input(self.path) as f:
             f.seek(self._offset + start * self.columns * 4)
             if f.readinto(memoryview(out).cast("B")) != out.nbytes:
                 raise DataError(f"{self.path}: file is shorter than its header says")
@@ -229,9 +240,3 @@ def _check_finite(block: np.ndarray, path: Path, start: int) -> None:
 def as_rows(source: object) -> DataFile:
     """A data file as it is; an array or tensor of rows wrapped to be read the same way."""
     return source if isinstance(source, DataFile) else ArrayRows(source)
-
-
-def _describe(array: object) -> str:
-    if isinstance(array, np.ndarray):
-        return f"{array.dtype} array of shape {array.shape}"
-    return type(array).__name__

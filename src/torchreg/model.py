@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
-import safetensors
 import safetensors.torch
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from torchreg.budget import check_memory, model_bytes
 from torchreg.config import ModelConfig
 from torchreg.data import CHUNK_ROWS
 from torchreg.errors import ConfigError, DataError
-from torchreg.io import write_bytes
+from torchreg.io import open_input, write_bytes
 
 FORMAT_VERSION = 2  # 1 was a torch.save archive
 METADATA_KEY = "torchreg"
@@ -100,32 +100,51 @@ def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, n_features:
     write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, ModelConfig, int]:
+TRAIN_HINT = "run the train stage first (dvc repro train)"
+
+
+def load_model(
+    path: str | Path, missing_hint: str | None = TRAIN_HINT
+) -> tuple[nn.Module, ModelConfig, int]:
     """Load a model file: the config is checked, then every tensor's shape against it, before
-    the network is built."""
+    the network is built. `missing_hint` is the advice when the file does not exist (the train
+    stage's advice fits only the path that stage writes).
+
+    The file is read through `open_input` (a regular file, never a FIFO that would block) and
+    parsed from memory: a model file is small, and safetensors.safe_open would reopen the path.
+    """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path} not found: run the train stage first (dvc repro train)")
     try:
-        with safetensors.safe_open(path, framework="pt") as f:
-            header = json.loads((f.metadata() or {})[METADATA_KEY])
-            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 (not a dict)
-            if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
-                raise DataError(f"{path}: not a model file written by the train stage")
-            cfg = ModelConfig.model_validate(header["config"])
-            n_features = header["n_features"]
-            expected = _shapes(cfg, n_features)
-            if shapes != expected:
-                raise DataError(
-                    f"{path}: model file is inconsistent (tensors {_short(shapes)}, "
-                    f"the config needs {_short(expected)})"
-                )
-            check_memory(
-                2 * model_bytes(cfg, n_features, CHUNK_ROWS),
-                f"the model in {path} (model.hidden = {list(cfg.hidden)})",
-                "this machine cannot use it",
+        with open_input(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            check_memory(2 * size, f"the model file {path}", "this machine cannot use it")
+            data = f.read()
+    except FileNotFoundError:
+        advice = f": {missing_hint}" if missing_hint else ""
+        raise DataError(f"{path} not found{advice}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        state = safetensors.torch.load(data)  # checks the header, offsets and sizes
+        size = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+        header = json.loads(metadata[METADATA_KEY])
+        if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+            raise DataError(f"{path}: not a model file written by the train stage")
+        cfg = ModelConfig.model_validate(header["config"])
+        n_features = header["n_features"]
+        expected = _shapes(cfg, n_features)
+        shapes = {name: tuple(t.shape) for name, t in state.items()}
+        if shapes != expected:
+            raise DataError(
+                f"{path}: model file is inconsistent (tensors {_short(shapes)}, "
+                f"the config needs {_short(expected)})"
             )
-            state = {name: f.get_tensor(name) for name in expected}
+        check_memory(
+            2 * model_bytes(cfg, n_features, CHUNK_ROWS),
+            f"the model in {path} (model.hidden = {list(cfg.hidden)})",
+            "this machine cannot use it",
+        )
     except (ConfigError, DataError):
         raise
     except Exception as exc:  # safetensors, json and pydantic raise many types for bad files

@@ -1,60 +1,51 @@
 """Predict with a saved model: python -m torchreg.predict --input rows.csv [--model FILE]
 
 The input is a CSV of feature columns, one row per prediction, with or without a header row
-(e.g. x0,x1,x2,x3). The output is the same rows with a `predicted` column, on stdout or in
---output. The model file (safetensors, default models/model.safetensors) holds no code.
+(e.g. x0,x1,x2,x3); `--input -` reads standard input. The output is each input row, its cells
+as given (surrounding spaces stripped), followed by a `predicted` column, on standard output or
+in --output. The model file (safetensors, default models/model.safetensors) holds no code.
+
+Rows are read, predicted and written CHUNK_ROWS at a time, so memory stays flat however long
+the input is. A bad row stops the run with one line naming it; --output is then left as it
+was (the output is written to a temporary file and renamed into place only when complete), but
+on standard output the chunks before the bad row have already been written: the exit status
+(2) says the output is incomplete.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
+import itertools
 import math
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
+import numpy as np
 import torch
 
 from torchreg.cli import run_main
 from torchreg.errors import DataError
 from torchreg.evaluation import predict
-from torchreg.io import atomic_path
-from torchreg.model import load_model
+from torchreg.io import atomic_path, open_input
+from torchreg.model import TRAIN_HINT, load_model
+
+DEFAULT_MODEL = Path("models/model.safetensors")
+STDIO = Path("-")
+# Rows parsed, predicted and written at a time: large enough that the model call and the
+# write are cheap per row, small enough that a chunk (as text and as floats) is a few MB.
+CHUNK_ROWS = 65536
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def read_rows(path: Path, n_features: int) -> tuple[list[str], torch.Tensor]:
-    """Parse the CSV; every problem names the file, the line and what was expected."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            lines = [row for row in csv.reader(f) if row]
-    except FileNotFoundError:
-        raise DataError(f"{path} not found") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot be read as CSV ({exc})") from None
-    header = [f"x{j}" for j in range(n_features)]
-    has_header = bool(lines) and not _is_number(lines[0][0].strip())
-    if has_header:
-        header, lines = [c.strip() for c in lines[0]], lines[1:]
-        if len(header) != n_features:
-            raise DataError(
-                f"{path}: header has {len(header)} columns but the model expects {n_features}"
-            )
-    if not lines:
-        raise DataError(f"{path}: no rows to predict (expected {n_features} numeric columns)")
-    values = []
-    for number, row in enumerate(lines, start=2 if has_header else 1):
-        if len(row) != n_features:
-            raise DataError(
-                f"{path}: row {number} has {len(row)} columns, the model expects {n_features}"
-            )
-        try:
-            parsed = [float(v) for v in row]
-        except ValueError:
-            raise DataError(f"{path}: row {number} is not all numbers: {row}") from None
-        if not all(math.isfinite(v) for v in parsed):
-            raise DataError(f"{path}: row {number} has a NaN or infinite value: {row}")
-        values.append(parsed)
-    return header, torch.tensor(values, dtype=torch.float32)
+def is_header(cells: list[str]) -> bool:
+    """A header names every column: all cells non-empty and none a number. A row with an
+    empty cell is a data row with a missing value, never a header."""
+    return all(c and not _is_number(c) for c in cells)
 
 
 def _is_number(text: str) -> bool:
@@ -65,32 +56,204 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def write_rows(out, header: list[str], x: torch.Tensor, predicted: torch.Tensor) -> None:
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*header, "predicted"])
-    for row, p in zip(x.tolist(), predicted.tolist(), strict=True):
-        writer.writerow([*(repr(v) for v in row), f"{p:.7g}"])
+class RowReader:
+    """The rows of a CSV, checked and parsed a chunk at a time; every problem names the
+    input, the row and what was expected. Blank lines are skipped (and not counted)."""
+
+    def __init__(self, f: TextIO, name: str, n_features: int) -> None:
+        self.name, self.n_features = name, n_features
+        self._rows = (row for row in csv.reader(f) if row)
+        self._number = 0
+        try:
+            first = next(self._rows, None)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{name}: cannot be read as CSV ({exc})") from None
+        if first is None:
+            raise self._no_rows()
+        cells = [c.strip() for c in first]
+        self.has_header = is_header(cells)
+        if self.has_header:
+            self._number = 1
+            if len(cells) != n_features:
+                raise DataError(
+                    f"{name}: header has {len(cells)} columns but the model expects {n_features}"
+                )
+            self.header, self._pending = cells, []
+        else:
+            self.header, self._pending = [f"x{j}" for j in range(n_features)], [first]
+
+    def _no_rows(self) -> DataError:
+        return DataError(
+            f"{self.name}: no rows to predict (expected {self.n_features} numeric columns)"
+        )
+
+    def chunks(self, size: int | None = None) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """(each row's cells as given, joined by commas; float32 features) for up to `size`
+        (CHUNK_ROWS) rows at a time."""
+        size = size or CHUNK_ROWS
+        rows = itertools.chain(self._pending, self._rows)
+        while True:
+            try:
+                batch = list(itertools.islice(rows, size))
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise DataError(f"{self.name}: cannot be read as CSV ({exc})") from None
+            if not batch:
+                break
+            texts, values = self._parse(batch)
+            self._number += len(batch)
+            yield texts, torch.from_numpy(values)
+        if self._number == int(self.has_header):
+            raise self._no_rows()
+
+    def _parse(self, batch: list[list[str]]) -> tuple[list[str], np.ndarray]:
+        """Parse a chunk in one go; if that fails, row by row, to name the first bad row.
+
+        The fast path parses every cell of the chunk with one map(float) over the joined text;
+        a cell holding a comma (quoted) changes the cell count and takes the slow path.
+        """
+        n = self.n_features
+        if all(len(row) == n for row in batch):
+            texts = [",".join(row) for row in batch]
+            joined = ",".join(texts)
+            if _has_space(joined):  # spaces around cells: echo them stripped
+                texts = [",".join([c.strip() for c in row]) for row in batch]
+                joined = ",".join(texts)
+            cells = joined.split(",")
+            if len(cells) == len(batch) * n:
+                try:
+                    parsed = np.fromiter(map(float, cells), np.float64, len(cells))
+                except ValueError:
+                    parsed = None
+                if parsed is not None:
+                    with np.errstate(over="ignore"):  # beyond float32: inf, then the slow path
+                        values = parsed.astype(np.float32).reshape(len(batch), n)
+                    if np.isfinite(values).all():
+                        return texts, values
+        rows = [self._check(row, self._number + 1 + i) for i, row in enumerate(batch)]
+        return [text for text, _ in rows], np.array([v for _, v in rows], dtype=np.float32)
+
+    def _check(self, row: list[str], number: int) -> tuple[str, list[float]]:
+        where = f"{self.name}: row {number}"
+        if len(row) != self.n_features:
+            raise DataError(f"{where} has {len(row)} columns, the model expects {self.n_features}")
+        cells = [c.strip() for c in row]
+        try:
+            parsed = [float(c) for c in cells]
+        except ValueError:
+            if "" in cells:
+                raise DataError(
+                    f"{where} has an empty cell (column {cells.index('') + 1}): "
+                    f"every cell needs a number"
+                ) from None
+            raise DataError(f"{where} is not all numbers: {row}") from None
+        if not all(math.isfinite(v) for v in parsed):
+            raise DataError(f"{where} has a NaN or infinite value: {row}")
+        if any(abs(v) > FLOAT32_MAX for v in parsed):
+            raise DataError(
+                f"{where} has a value beyond the model's float32 range (+-{FLOAT32_MAX:.4g}): {row}"
+            )
+        return ",".join(cells), parsed
 
 
-def run(model_path: Path, input_path: Path, output: Path | None) -> torch.Tensor:
-    model, _, n_features = load_model(model_path)
-    header, x = read_rows(input_path, n_features)
-    predicted = predict(model, x)
-    if output is None:
-        write_rows(sys.stdout, header, x, predicted)
+def _has_space(text: str) -> bool:
+    """Whether any cell may have spaces to strip (`in` is far faster than a regex here)."""
+    return not text.isascii() or any(c in text for c in " \t\r\n\x0b\x0c\x1c\x1d\x1e\x1f")
+
+
+def write_header(out: TextIO, header: list[str]) -> None:
+    csv.writer(out, lineterminator="\n").writerow([*header, "predicted"])
+
+
+def write_chunk(out: TextIO, texts: list[str], predicted: torch.Tensor) -> None:
+    # Cells that parsed as numbers hold no comma, quote or newline: no CSV quoting is needed.
+    out.writelines(f"{text},{p:.7g}\n" for text, p in zip(texts, predicted.tolist(), strict=True))
+
+
+def check_paths(input_path: Path, output: Path | None) -> None:
+    """Refuse an output that is the input, before anything is read or written."""
+    if input_path == STDIO or output is None or output == STDIO:
+        return
+    same = input_path.resolve() == output.resolve()
+    if not same and input_path.exists() and output.exists():
+        same = os.path.samefile(input_path, output)
+    if same:
+        raise DataError(
+            f"--output {output} is the input file: writing it would replace the rows being "
+            "read; choose another output path"
+        )
+
+
+def run(
+    model_path: Path, input_path: Path, output: Path | None, missing_hint: str | None = None
+) -> int:
+    """Predict every row of `input_path` ("-": standard input) into `output` (None or "-":
+    standard output); returns the number of rows predicted."""
+    check_paths(input_path, output)
+    model, _, n_features = load_model(model_path, missing_hint)
+    if input_path == STDIO:
+        source: TextIO = io.TextIOWrapper(
+            sys.stdin.buffer, encoding="utf-8", newline="", errors="strict"
+        )
+        name = "standard input"
     else:
-        with atomic_path(output) as tmp, tmp.open("w", newline="") as f:
-            write_rows(f, header, x, predicted)
-    return predicted
+        try:
+            binary = open_input(input_path)
+        except FileNotFoundError:
+            raise DataError(f"{input_path} not found") from None
+        except DataError as exc:
+            if "FIFO" not in str(exc):
+                raise
+            raise DataError(f"{exc} (to read a pipe, use --input - and redirect it)") from None
+        source, name = io.TextIOWrapper(binary, encoding="utf-8", newline=""), str(input_path)
+    with source:
+        reader = RowReader(source, name, n_features)
+        if output is None or output == STDIO:
+            try:
+                return _predict_into(sys.stdout, reader, model)
+            except BrokenPipeError:  # the reader left (`| head`): stop quietly, like Unix tools
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(141)
+        with atomic_path(output) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+            return _predict_into(f, reader, model)
+
+
+def _predict_into(out: TextIO, reader: RowReader, model: torch.nn.Module) -> int:
+    write_header(out, reader.header)
+    rows = 0
+    for texts, x in reader.chunks():
+        write_chunk(out, texts, predict(model, x))
+        rows += len(texts)
+    out.flush()
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("models/model.safetensors"))
-    parser.add_argument("--input", type=Path, required=True, help="CSV of feature columns")
-    parser.add_argument("--output", type=Path, help="CSV to write (default: stdout)")
+    parser = argparse.ArgumentParser(
+        prog="python -m torchreg.predict",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help=f"model file written by the train stage (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help="CSV of feature columns, with or without a header row; - reads standard input "
+        "(required, no default)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="CSV to write: the input rows plus a `predicted` column; - is standard output "
+        "(default: standard output)",
+    )
     args = parser.parse_args(argv)
-    run_main("predict", lambda: run(args.model, args.input, args.output))
+    hint = TRAIN_HINT if args.model == DEFAULT_MODEL else None
+    run_main("predict", lambda: run(args.model, args.input, args.output, hint))
 
 
 if __name__ == "__main__":
