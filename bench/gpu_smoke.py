@@ -16,9 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import fresh_copy, measured  # noqa: E402
-
-from torchreg.experiments import set_params  # noqa: E402
+from run import fresh_copy, measured, set_params  # noqa: E402
 
 CASES = {
     "default params": {},

@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "experiments")]
 
 import tutorial  # noqa: E402
+from sweep import queue, run_queue, set_params  # noqa: E402
 
 from torchreg.config import load_params  # noqa: E402
 from torchreg.data import make_block  # noqa: E402
 from torchreg.evaluation import prediction_errors  # noqa: E402
-from torchreg.experiments import queue, run_queue, set_params  # noqa: E402
 from torchreg.model import LinearRegression, build_model  # noqa: E402
 from torchreg.training import fit, seeded  # noqa: E402
 
@@ -407,17 +407,11 @@ def bench_sweep(table: Table, repeats: int, work: Path, epochs: int | None) -> N
         for lr in ("0.001", "0.01")
         for bs in (16, 64)
     }
-    old = Path.cwd()
-    os.chdir(repo)
-    os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
-    try:
-        timings: dict[int, list[float]] = {1: [], 2: []}
-        for _ in range(repeats):
-            for jobs in (1, 2):
-                queue(grid)
-                timings[jobs].append(run_queue(jobs))
-    finally:
-        os.chdir(old)
+    timings: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(repeats):
+        for jobs in (1, 2):
+            queue(repo, grid)
+            timings[jobs].append(run_queue(repo, jobs))
     one, two = statistics.median(timings[1]), statistics.median(timings[2])
     table.add("4 queued experiments, `dvc queue start -j 1`", f"{one:.1f} s")
     table.add(

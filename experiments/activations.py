@@ -28,9 +28,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from torchreg.experiments import queue, results, run_queue  # noqa: E402
-from torchreg.io import write_bytes, write_json  # noqa: E402
+from torchreg.files import write_bytes, write_json  # noqa: E402
 from torchreg.plotting import TRUTH, save  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep import queue, results, run_queue  # noqa: E402
 
 SHARED = [
     "data.target=quadratic",
@@ -50,9 +52,10 @@ FEATURE = 0  # the feature with the largest weight (8.1): the clearest curve
 START, END = "<!-- activations:start -->", "<!-- activations:end -->"
 
 
-def label(params: dict) -> str:
-    model = params["model"]
-    return "linear" if model["kind"] == "linear" else f"mlp {model['activation']}"
+def label(row: dict) -> str:
+    """`linear` or `mlp <activation>`, from an experiment's row of `dvc.api.exp_show`."""
+    kind = row["model.kind"]
+    return "linear" if kind == "linear" else f"mlp {row['model.activation']}"
 
 
 def table(record: dict) -> str:
@@ -84,16 +87,16 @@ def collect(found: dict, settings: list[str]) -> dict:
     """What the table and figure need from the finished experiments, in one JSON-able dict."""
     runs = []
     for name in VARIANTS:
-        m = found[name]["metrics"]["metrics/evaluate.json"]
+        row = found[name]["row"]
         c = curves(found[name]["rev"])
         runs.append(
             {
                 "name": name,
-                "label": label(found[name]["params"]),
-                "test_mae": m["test"]["mae"],
-                "train_mae": m["train"]["mae"],
-                "reference_test_mae": m["reference"]["test_mae"],
-                "noise_floor_mae": m["noise_floor_mae"],
+                "label": label(row),
+                "test_mae": row["test.mae"],
+                "train_mae": row["train.mae"],
+                "reference_test_mae": row["reference.test_mae"],
+                "noise_floor_mae": row["noise_floor_mae"],
                 "x": c["x"],
                 "model": c["model"],
                 "truth": c["truth"],
@@ -216,10 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         print(write(json.loads(recorded.read_text()), args.out_dir, args.readme))
         return 0
 
-    queue(VARIANTS, shared=[*SHARED, f"train.epochs={args.epochs}"])
-    seconds = run_queue(args.jobs)
-    found = results(VARIANTS)
-    failed = [n for n in VARIANTS if found.get(n, {}).get("state") != "success"]
+    repo = Path.cwd()
+    queue(repo, VARIANTS, shared=[*SHARED, f"train.epochs={args.epochs}"])
+    seconds = run_queue(repo, args.jobs)
+    found = results(repo, VARIANTS)
+    failed = [n for n in VARIANTS if found.get(n, {}).get("state") != "Success"]
     if failed:
         print(
             f"activations: failed: {', '.join(failed)}; see `dvc queue logs <name>`",

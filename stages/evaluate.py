@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from torchreg.cli import run_main
 from torchreg.config import DataConfig, load_params
 from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.errors import DataError
 from torchreg.evaluation import SAMPLE_ROWS, curve_rows, evaluate, prediction_rows
-from torchreg.io import write_json, write_tsv
+from torchreg.files import write_json, write_tsv
 from torchreg.model import TRAIN_HINT, load_model
+from torchreg.stage import run_main
 
 log = logging.getLogger("evaluate")
 

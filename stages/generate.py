@@ -10,9 +10,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from torchreg.cli import run_main
 from torchreg.config import DataConfig, load_params
 from torchreg.data import check_disk, nbytes, write_dataset
+from torchreg.stage import run_main
 
 log = logging.getLogger("generate")
 

@@ -12,11 +12,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from torchreg.cli import run_main
 from torchreg.config import Params, load_params
 from torchreg.errors import DataError
-from torchreg.io import read_json, read_tsv
+from torchreg.files import read_json, read_tsv
 from torchreg.plotting import fit_figure, loss_figure, predicted_figure, residual_figure, save
+from torchreg.stage import run_main
 
 log = logging.getLogger("plot")
 

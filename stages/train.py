@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 
 from torchreg.budget import check_memory, check_processes, train_bytes
-from torchreg.cli import run_main
 from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import DataFile
 from torchreg.model import build_model, save_model
+from torchreg.stage import run_main
 from torchreg.tracking import LiveLog, Progress
 from torchreg.training import Windows, fit, seeded
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from torchreg.cli import run_main
 from torchreg.config import load_params
-from torchreg.io import write_bytes
+from torchreg.files import write_bytes
+from torchreg.stage import run_main
 
 OK = b"params.yaml checked\n"
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from torchreg.config import Params, parse_params, read_params_file
-from torchreg.experiments import set_params  # noqa: F401 - re-exported for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+from sweep import set_params  # noqa: E402, F401 - re-exported for the tests
+
 BIN = Path(sys.executable).parent  # the venv's dvc and python, whatever PATH says
 
 # Every output of `dvc repro`.

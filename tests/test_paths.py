@@ -23,7 +23,7 @@ from conftest import ROOT, run, set_params
 from torchreg.config import DataConfig
 from torchreg.data import DataFile, write_dataset
 from torchreg.errors import DataError, UserError
-from torchreg.io import atomic_path, open_input, read_json, read_tsv, write_bytes
+from torchreg.files import atomic_path, open_input, read_json, read_tsv, write_bytes
 from torchreg.model import build_model, load_model, save_model
 from torchreg.training import seeded
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from torchreg.cli import LAUNCHER_ENV
 from torchreg.errors import ConfigError, UserError
+from torchreg.stage import LAUNCHER_ENV
 
 # How long a rank waits for a peer that has gone before the job fails (seconds).
 DIST_TIMEOUT_S = float(os.environ.get("TORCHREG_DIST_TIMEOUT_S", "60"))

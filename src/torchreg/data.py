@@ -24,7 +24,7 @@ import numpy as np
 
 from torchreg.config import DataConfig
 from torchreg.errors import DataError
-from torchreg.io import atomic_path, open_input, remove_stale_temps
+from torchreg.files import atomic_path, open_input, remove_stale_temps
 
 GENERATE_HINT = "run the generate stage first (dvc repro generate)"
 # Rows handled at once everywhere: a generated block (the data's bytes depend on it, so it never

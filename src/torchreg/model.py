@@ -19,7 +19,7 @@ from torchreg.budget import check_memory, model_bytes
 from torchreg.config import ModelConfig
 from torchreg.data import CHUNK_ROWS
 from torchreg.errors import ConfigError, DataError
-from torchreg.io import open_input, write_bytes
+from torchreg.files import open_input, write_bytes
 
 FORMAT_VERSION = 2  # 1 was a torch.save archive
 METADATA_KEY = "torchreg"

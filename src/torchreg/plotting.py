@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # no screen needed; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from torchreg.io import write_bytes  # noqa: E402
+from torchreg.files import write_bytes  # noqa: E402
 
 plt.rcParams.update(
     {

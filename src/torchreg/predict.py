@@ -28,11 +28,11 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from torchreg.cli import run_main
 from torchreg.errors import DataError
 from torchreg.evaluation import predict
-from torchreg.io import atomic_path, open_input
+from torchreg.files import atomic_path, open_input
 from torchreg.model import TRAIN_HINT, load_model
+from torchreg.stage import run_main
 
 DEFAULT_MODEL = Path("models/model.safetensors")
 STDIO = Path("-")
