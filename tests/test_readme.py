@@ -32,8 +32,6 @@ import pytest
 
 from conftest import ROOT, run
 
-pytestmark = pytest.mark.slow
-
 README = ROOT / "README.md"
 CLONE_URL = "<repo-url>"  # the placeholder the Quick start clones from
 NOT_REPLAYED = ("./run.sh test",)  # would run this very suite again, inside itself
@@ -183,9 +181,7 @@ def shell(tmp_path_factory):
             shutil.copy2(src, upstream / name)
     run(["git", "init", "-q", "-b", "main"], cwd=upstream)
     run(["git", "add", "-A"], cwd=upstream)
-    run(
-        ["git", "commit", "-q", "-m", "torchreg"], cwd=upstream
-    )  # the author of the project, not the user
+    run(["git", "commit", "-q", "-m", "torchreg"], cwd=upstream)  # as its authors, not the user
     (tmp / "home").mkdir()
     (tmp / "work").mkdir()
     sh = Shell(tmp / "work", newcomer_env(tmp / "home"), tmp / "shell-state")
@@ -227,6 +223,7 @@ def test_transcript_matching():
     assert (cmd.line, cmd.status, cmd.expected) == ("false", 1, [])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("walkthrough", WALKTHROUGHS, ids=lambda w: w.section)
 def test_walkthrough(shell, walkthrough):
     if shell.failed:
