@@ -266,3 +266,12 @@ def test_a_missing_path_the_user_named_gets_no_pipeline_advice(project):
     (project / "models/model.safetensors").unlink()
     line = one_line(script(project, "stages/evaluate.py"), "evaluate")
     assert "models/model.safetensors not found: run the train stage first" in line
+
+
+def test_a_fifo_params_file_is_refused_not_waited_on(tmp_path):
+    from torchreg.config import load_params
+    from torchreg.errors import UserError
+
+    os.mkfifo(tmp_path / "params.yaml")
+    with pytest.raises(UserError, match="params.yaml: is a FIFO"):
+        load_params(tmp_path / "params.yaml")

@@ -25,6 +25,7 @@ from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.constructor import DuplicateKeyError
 
 from torchreg.errors import ConfigError, clip, shown
+from torchreg.files import open_input
 
 PARAMS_FILE = "params.yaml"
 # Hard ceilings that keep a typo like `n_train: 1e12` from reaching an allocation.
@@ -209,7 +210,8 @@ def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_input(path) as f:  # a FIFO or a directory is refused, never waited on
+            text = f.read().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found (run from the repository root)") from None
     except (OSError, UnicodeDecodeError) as exc:
