@@ -21,7 +21,7 @@ from pathlib import Path
 from torchreg.budget import check_memory, check_processes, train_bytes
 from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
-from torchreg.data import DataFile
+from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.model import build_model, save_model
 from torchreg.stage import run_main
 from torchreg.tracking import LiveLog, Progress
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     def body() -> None:
         params = load_params(args.params)
         if not under_torchrun():  # checked once, by the process that starts the run
-            check_budget(params, DataFile(args.data))
+            hint = GENERATE_HINT if args.data == parser.get_default("data") else None
+            check_budget(params, DataFile(args.data, hint))
         if params.train.nproc > 1 and not under_torchrun():
             launch(params.train.nproc, __file__, sys.argv[1:] if argv is None else argv)
             return
