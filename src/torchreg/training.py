@@ -75,13 +75,7 @@ def fit(
     """
     ctx = ctx or RunContext(next(model.parameters()).device)
     source = Windows(as_rows(rows), cfg.batch_size, ctx.device)
-    start_loss = initial_loss(model, source.get(0), cfg.loss)
-    if not math.isfinite(start_loss):
-        raise DivergenceError(
-            f"the untrained model's loss is already {start_loss} before any step: the data or "
-            "the initial weights (train.init_std) are too large for float32"
-        )
-    limit = DIVERGENCE_FACTOR * max(start_loss, 1e-6)
+    limit = divergence_limit(model, source.get(0), cfg.loss)
     step = step or make_step(model, cfg, ctx)
     history: list[float] = []
     for epoch in range(cfg.epochs):
@@ -99,6 +93,18 @@ def fit(
         step.end_epoch(epoch)
     step.finish()
     return history
+
+
+def divergence_limit(model: nn.Module, rows: torch.Tensor, loss: str) -> float:
+    """DIVERGENCE_FACTOR times the untrained model's loss; a loss that is not finite before any
+    step is the data's or the initial weights' fault, not the learning rate's."""
+    start_loss = initial_loss(model, rows, loss)
+    if not math.isfinite(start_loss):
+        raise DivergenceError(
+            f"the untrained model's loss is already {start_loss} before any step: the data or "
+            "the initial weights (train.init_std) are too large for float32"
+        )
+    return DIVERGENCE_FACTOR * max(start_loss, 1e-6)
 
 
 def check_divergence(loss: float, limit: float, epoch: int, lr: float) -> None:
