@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run, set_params
+from support import ROOT, commit, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -108,18 +108,16 @@ def test_compare_two_experiments(repo):
     assert {row["rev"] for row in loss["content"]["data"]["values"]} == {"fast", "slow"}
 
 
-def test_activation_lesson_script(repo):
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline"], repo)
+def test_activation_lesson_script(built):
+    commit(built, "baseline")
     result = run(
         [sys.executable, str(ROOT / "experiments/activations.py"), "--epochs", "3"],
-        repo,
+        built,
         timeout=600,
     )
     assert "| mlp none |" in result.stdout and "| mlp relu |" in result.stdout
-    assert (repo / "docs/activations.png").stat().st_size > 10_000
-    readme = (repo / "README.md").read_text()
+    assert (built / "docs/activations.png").stat().st_size > 10_000
+    readme = (built / "README.md").read_text()
     assert "| linear |" in readme.split("activations:start")[1].split("activations:end")[0]
 
 
