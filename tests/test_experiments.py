@@ -39,8 +39,7 @@ def wait_for_queue(repo):
 def test_grid_sweep_in_parallel_with_one_failure(repo):
     set_params(repo, train__epochs=5)
     run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline"], repo)
+    commit(repo, "baseline")
     sets = [a for k, v in GRID.items() for a in ("-S", f"{k}={','.join(v)}")]
     run(["dvc", "exp", "run", "--queue", *sets], repo)
     run(
@@ -85,8 +84,7 @@ def test_grid_sweep_in_parallel_with_one_failure(repo):
 def test_compare_two_experiments(repo):
     set_params(repo, train__epochs=5)
     run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline"], repo)
+    commit(repo, "baseline")
     run(["dvc", "exp", "run", "-n", "fast", "-S", "train.lr=0.1"], repo)
     run(["dvc", "exp", "run", "-n", "slow", "-S", "train.lr=0.001"], repo)
     diff = json.loads(run(["dvc", "exp", "diff", "fast", "slow", "--json"], repo).stdout)
