@@ -1,47 +1,16 @@
-"""Shared fixtures: the repo's own params, a throwaway copy of the repo for dvc runs, and an
-S3 server on loopback for remote tests."""
+"""Shared fixtures: the repo's own params, a throwaway copy of the repo for dvc runs (fresh, or
+after `dvc repro`), and an S3 server on loopback for remote tests. Helpers: support.py."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from support import ROOT, run, set_params
 from torchreg.config import Params, parse_params, read_params_file
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-from sweep import set_params  # noqa: E402, F401 - re-exported for the tests
-
-BIN = Path(sys.executable).parent  # the venv's dvc and python, whatever PATH says
-
-# Every output of `dvc repro`.
-OUTPUTS = [
-    "data/train.npy",
-    "data/test.npy",
-    "models/model.safetensors",
-    "dvclive/metrics.json",
-    "dvclive/plots/metrics/train_loss.tsv",
-    "metrics/evaluate.json",
-    "plots/predictions.tsv",
-    "plots/curves.tsv",
-    "plots/fit.png",
-    "plots/loss.png",
-    "plots/predicted_vs_actual.png",
-    "plots/residuals.png",
-]
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.com",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.com",
-}
 
 
 @pytest.fixture
@@ -55,23 +24,9 @@ def params(raw_params) -> Params:
     return parse_params(raw_params)
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("DVC_ROOT", None)
-    kw.setdefault("capture_output", True)
-    result = subprocess.run(cmd, cwd=cwd, env=env, text=True, **kw)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-@pytest.fixture
-def repo(tmp_path) -> Path:
+def copy_of_the_repo(dest: Path) -> Path:
     """A fresh git + DVC copy of the tracked files (not the working tree's outputs), with a
     short training run so end-to-end tests stay fast."""
-    dest = tmp_path / "repo"
     files = run(["git", "ls-files", "-z"], cwd=ROOT).stdout.split("\0")
     for name in filter(None, files):
         src = ROOT / name
@@ -87,6 +42,35 @@ def repo(tmp_path) -> Path:
     run(["git", "init", "-q", "-b", "main"], cwd=dest)
     run(["git", "add", "-A"], cwd=dest)
     run(["git", "commit", "-q", "-m", "copy"], cwd=dest)
+    return dest
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A fresh git + DVC copy of the tracked files at tmp_path/repo, nothing built yet."""
+    return copy_of_the_repo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory) -> Path:
+    """`repo` after one `dvc repro`, built once per test process: only ever copied, never
+    used itself (see `built`)."""
+    dest = copy_of_the_repo(tmp_path_factory.mktemp("built") / "repo")
+    run(["dvc", "repro"], dest)
+    return dest
+
+
+def _dvc_tmp(folder: str, names: list[str]) -> list[str]:
+    """DVC's own scratch folder (.dvc/tmp: locks, updater state) is not copied."""
+    return ["tmp"] if Path(folder).name == ".dvc" else []
+
+
+@pytest.fixture
+def built(built_once, tmp_path) -> Path:
+    """A copy of its own, at tmp_path/repo, of `repo` after `dvc repro`: the outputs, dvc.lock
+    and the cache, uncommitted. The same as `repo` + `dvc repro` without the repro."""
+    dest = tmp_path / "repo"
+    shutil.copytree(built_once, dest, symlinks=True, ignore=_dvc_tmp)
     return dest
 
 

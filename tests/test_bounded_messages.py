@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from support import ROOT, subprocess_env
 from torchreg.config import MAX_VALUES, ConfigError, load_params, parse_params
 from torchreg.errors import shown
 
@@ -28,7 +28,7 @@ def stage(tmp_path, text: str) -> tuple[subprocess.CompletedProcess, float]:
     result = subprocess.run(
         [sys.executable, str(ROOT / "stages/validate.py"), "--out", "params.ok"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""},
+        env=subprocess_env(ROOT / "src", inherit=False),
     )  # fmt: skip
     return result, time.perf_counter() - start
 

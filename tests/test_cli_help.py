@@ -1,11 +1,10 @@
 """Each stage's --help: the whole first paragraph, and a help text and default per option."""
 
 import runpy
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT
 
 
 @pytest.mark.parametrize("stage", ["generate", "train", "evaluate", "plot"])

@@ -6,16 +6,18 @@ the package's settings) shows that the forcing is live: there, the same knobs ch
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from support import ROOT, subprocess_env
+
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
+KNOBS = ("MKL_", "ATEN_", "OMP_")  # this process's own settings of them are left out
 FLAGS = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
 HAS_AVX2, HAS_AVX512 = "avx2" in FLAGS, "avx512f" in FLAGS
 
@@ -42,10 +44,9 @@ def forced_settings() -> list[dict[str, str]]:
 
 
 def digests(workdir: Path, forced: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "ATEN_", "OMP_"))}
     result = subprocess.run(
         [sys.executable, str(HERE / "cpu_digests.py"), str(workdir)],
-        env={**env, **forced},
+        env=subprocess_env(ROOT / "src", drop=KNOBS, **forced),
         capture_output=True,
         text=True,
         check=True,
@@ -82,9 +83,11 @@ def test_the_forcing_is_live_without_the_package_settings():
     """Plain torch, no torchreg: the knobs the test forces really change the bits."""
 
     def plain(**forced: str) -> str:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "ATEN_", "OMP_"))}
         run = subprocess.run(
-            [sys.executable, "-c", CONTROL], env={**env, **forced}, capture_output=True, text=True
+            [sys.executable, "-c", CONTROL],
+            env=subprocess_env(ROOT / "src", drop=KNOBS, **forced),
+            capture_output=True,
+            text=True,
         )
         return run.stdout.strip()
 

@@ -7,7 +7,7 @@ from collections import namedtuple
 
 import pytest
 
-from conftest import ROOT
+from support import ROOT
 from torchreg.data import check_disk, dvc_cache_copy_dir, nbytes
 from torchreg.errors import DataError
 

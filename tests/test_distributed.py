@@ -12,7 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from conftest import set_params
+from support import run_stage, set_params, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -21,19 +21,12 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-4
 
 
-def env(**extra) -> dict:
-    return {**os.environ, "PYTHONPATH": "src", "TORCHREG_DIST_TIMEOUT_S": "10", **extra}
+def env() -> dict:
+    return subprocess_env(TORCHREG_DIST_TIMEOUT_S="10")
 
 
 def train(repo: Path, *args: str, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "stages/train.py", *args],
-        cwd=repo,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_stage(repo, "train", *args, env=env(), timeout=timeout)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -49,9 +42,7 @@ def free_port() -> int:
 @pytest.fixture
 def data_repo(repo):
     set_params(repo, train__epochs=20, train__lr=0.05, model__kind="mlp", model__hidden=[8])
-    subprocess.run(
-        [sys.executable, "stages/generate.py"], cwd=repo, env=env(), check=True, capture_output=True
-    )
+    run_stage(repo, "generate", check=True, env=env())
     return repo
 
 

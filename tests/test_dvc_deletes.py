@@ -7,7 +7,7 @@ before DVC reaches train.
 
 import pytest
 
-from conftest import run, set_params
+from support import commit, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -24,52 +24,47 @@ def snapshot(repo) -> dict[str, bytes]:
     return {p: (repo / p).read_bytes() for p in KEPT}
 
 
-def test_bad_lr_under_dvc_repro_deletes_nothing(repo):
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "good"], repo)
-    good = snapshot(repo)
+def test_bad_lr_under_dvc_repro_deletes_nothing(built):
+    commit(built, "good")
+    good = snapshot(built)
 
-    set_params(repo, train__lr=-1)
-    result = run(["dvc", "repro"], repo, check=False)
+    set_params(built, train__lr=-1)
+    result = run(["dvc", "repro"], built, check=False)
     assert result.returncode != 0
     assert "validate: error: params.yaml: train.lr = -1 is not allowed" in result.stderr
     assert "Running stage 'train'" not in result.stdout
-    assert snapshot(repo) == good
+    assert snapshot(built) == good
 
     # Back to the good value: only the cheap validate stage runs again.
-    run(["git", "checkout", "params.yaml"], repo)
-    again = run(["dvc", "repro"], repo)
+    run(["git", "checkout", "params.yaml"], built)
+    again = run(["dvc", "repro"], built)
     assert "Running stage 'validate'" in again.stdout
     assert "Running stage 'train'" not in again.stdout
-    assert snapshot(repo) == good
-    assert run(["git", "status", "--porcelain"], repo).stdout == ""
+    assert snapshot(built) == good
+    assert run(["git", "status", "--porcelain"], built).stdout == ""
 
 
-def test_bad_lr_under_dvc_exp_run_deletes_nothing(repo):
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "good"], repo)
-    good = snapshot(repo)
+def test_bad_lr_under_dvc_exp_run_deletes_nothing(built):
+    commit(built, "good")
+    good = snapshot(built)
 
-    result = run(["dvc", "exp", "run", "-S", "train.lr=abc"], repo, check=False)
+    result = run(["dvc", "exp", "run", "-S", "train.lr=abc"], built, check=False)
     assert result.returncode != 0
     assert "validate: error: params.yaml: train.lr = 'abc' is not allowed" in result.stderr
-    assert snapshot(repo) == good
+    assert snapshot(built) == good
     # DVC leaves its -S edit in the workspace: params.yaml keeps the bad value until reverted.
-    assert "lr: abc" in (repo / "params.yaml").read_text()
-    run(["git", "checkout", "params.yaml"], repo)
-    again = run(["dvc", "repro"], repo)
+    assert "lr: abc" in (built / "params.yaml").read_text()
+    run(["git", "checkout", "params.yaml"], built)
+    again = run(["dvc", "repro"], built)
     assert "Running stage 'train'" not in again.stdout
-    assert snapshot(repo) == good
+    assert snapshot(built) == good
 
 
-def test_a_misspelt_new_section_stops_the_pipeline(repo):
-    run(["dvc", "repro"], repo)
-    good = snapshot(repo)
-    with (repo / "params.yaml").open("a") as f:
+def test_a_misspelt_new_section_stops_the_pipeline(built):
+    good = snapshot(built)
+    with (built / "params.yaml").open("a") as f:
         f.write("trian:\n  lr: 0.1\n")
-    result = run(["dvc", "repro"], repo, check=False)
+    result = run(["dvc", "repro"], built, check=False)
     assert result.returncode != 0
     assert "unknown key 'trian'" in result.stderr
-    assert snapshot(repo) == good
+    assert snapshot(built) == good

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run, set_params
+from support import ROOT, commit, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +39,7 @@ def wait_for_queue(repo):
 def test_grid_sweep_in_parallel_with_one_failure(repo):
     set_params(repo, train__epochs=5)
     run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline"], repo)
+    commit(repo, "baseline")
     sets = [a for k, v in GRID.items() for a in ("-S", f"{k}={','.join(v)}")]
     run(["dvc", "exp", "run", "--queue", *sets], repo)
     run(
@@ -85,8 +84,7 @@ def test_grid_sweep_in_parallel_with_one_failure(repo):
 def test_compare_two_experiments(repo):
     set_params(repo, train__epochs=5)
     run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline"], repo)
+    commit(repo, "baseline")
     run(["dvc", "exp", "run", "-n", "fast", "-S", "train.lr=0.1"], repo)
     run(["dvc", "exp", "run", "-n", "slow", "-S", "train.lr=0.001"], repo)
     diff = json.loads(run(["dvc", "exp", "diff", "fast", "slow", "--json"], repo).stdout)
@@ -108,18 +106,16 @@ def test_compare_two_experiments(repo):
     assert {row["rev"] for row in loss["content"]["data"]["values"]} == {"fast", "slow"}
 
 
-def test_activation_lesson_script(repo):
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline"], repo)
+def test_activation_lesson_script(built):
+    commit(built, "baseline")
     result = run(
         [sys.executable, str(ROOT / "experiments/activations.py"), "--epochs", "3"],
-        repo,
+        built,
         timeout=600,
     )
     assert "| mlp none |" in result.stdout and "| mlp relu |" in result.stdout
-    assert (repo / "docs/activations.png").stat().st_size > 10_000
-    readme = (repo / "README.md").read_text()
+    assert (built / "docs/activations.png").stat().st_size > 10_000
+    readme = (built / "README.md").read_text()
     assert "| linear |" in readme.split("activations:start")[1].split("activations:end")[0]
 
 

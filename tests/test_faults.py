@@ -13,43 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BIN, GIT_ENV, OUTPUTS, run, set_params
+from support import (
+    OUTPUTS,
+    Payload,
+    one_clean_line,
+    run,
+    run_stage,
+    set_params,
+    start_stage,
+    subprocess_env,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def _stage(repo: Path, name: str, *args: str, check=False) -> subprocess.CompletedProcess:
-    env = {**os.environ, **GIT_ENV, "PYTHONPATH": "src", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    result = subprocess.run(
-        [sys.executable, f"stages/{name}.py", *args],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def start(repo: Path, name: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": "src"}
-    return subprocess.Popen(
-        [sys.executable, f"stages/{name}.py"],
-        cwd=repo,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def one_clean_line(result: subprocess.CompletedProcess, stage_name: str) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith(f"{stage_name}: error:")]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def digest(repo: Path, names=OUTPUTS) -> dict[str, str]:
@@ -65,20 +40,6 @@ def wait_for(predicate, timeout=60.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class _Payload:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-@pytest.fixture
-def built(repo):
-    run(["dvc", "repro"], repo)
-    return repo
-
-
 @pytest.mark.parametrize(
     "content,expected",
     [
@@ -91,23 +52,23 @@ def built(repo):
 def test_bad_model_file(built, content, expected):
     before = digest(built, ["metrics/evaluate.json", "plots/predictions.tsv"])
     (built / "models/model.safetensors").write_bytes(content)
-    assert expected in one_clean_line(_stage(built, "evaluate"), "evaluate")
+    assert expected in one_clean_line(run_stage(built, "evaluate"), "evaluate")
     assert digest(built, ["metrics/evaluate.json", "plots/predictions.tsv"]) == before
 
 
 def test_truncated_real_model_file(built):
     data = (built / "models/model.safetensors").read_bytes()
     (built / "models/model.safetensors").write_bytes(data[: len(data) // 2])
-    line = one_clean_line(_stage(built, "evaluate"), "evaluate")
+    line = one_clean_line(run_stage(built, "evaluate"), "evaluate")
     assert "models/model.safetensors: not a valid model file" in line
 
 
 def test_model_file_carrying_code_is_not_run(built):
     marker = built / "pwned"
     (built / "models/model.safetensors").write_bytes(
-        pickle.dumps({"state_dict": _Payload(str(marker))})
+        pickle.dumps({"state_dict": Payload(str(marker))})
     )
-    line = one_clean_line(_stage(built, "evaluate"), "evaluate")
+    line = one_clean_line(run_stage(built, "evaluate"), "evaluate")
     assert "models/model.safetensors: not a valid model file" in line
     assert not marker.exists()
 
@@ -126,12 +87,12 @@ def test_bad_data_file(built, name, content, expected):
     if content is None:
         content = path.read_bytes()[:1000]
     path.write_bytes(content)
-    assert expected in one_clean_line(_stage(built, "evaluate"), "evaluate")
+    assert expected in one_clean_line(run_stage(built, "evaluate"), "evaluate")
 
 
 def test_data_of_the_wrong_shape(built):
     np.save(built / "data/test.npy", np.zeros((10, 4), dtype=np.float32))  # 3 features + y
-    line = one_clean_line(_stage(built, "evaluate"), "evaluate")
+    line = one_clean_line(run_stage(built, "evaluate"), "evaluate")
     assert "data/test.npy has 3 features but models/model.safetensors expects 4" in line
     np.save(built / "data/train.npy", np.zeros((10, 4), dtype=np.float32))
     (built / "models/model.safetensors").unlink()
@@ -139,24 +100,21 @@ def test_data_of_the_wrong_shape(built):
 
 
 def test_missing_files_name_the_stage_to_run(repo):
-    assert "run the generate stage first" in one_clean_line(_stage(repo, "train"), "train")
-    assert "run the train stage first" in one_clean_line(_stage(repo, "evaluate"), "evaluate")
-    assert "run the train stage first" in one_clean_line(_stage(repo, "plot"), "plot")
+    line = one_clean_line(run_stage(repo, "train"), "train")
+    assert "data/train.npy not found: run the generate stage first" in line
+    assert "run the train stage first" in one_clean_line(run_stage(repo, "evaluate"), "evaluate")
+    assert "run the train stage first" in one_clean_line(run_stage(repo, "plot"), "plot")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_killed_while_writing_keeps_the_old_output(repo, sig):
-    _stage(repo, "generate", check=True)
+    run_stage(repo, "generate", check=True)
     old = (repo / "data/train.npy").read_bytes()
     set_params(repo, data__n_train=30_000_000)  # ~600 MB: seconds of writing
-    proc = start(repo, "generate")
+    proc = start_stage(repo, "generate")
 
     def tmp_files():
-        return [
-            p
-            for p in (repo / "data").glob(".train.npy.*.tmp")  # noqa: E731
-            if p.stat().st_size > 0
-        ]
+        return [p for p in (repo / "data").glob(".train.npy.*.tmp") if p.stat().st_size > 0]
 
     wait_for(lambda: tmp_files() or proc.poll() is not None, what="generate to start writing")
     assert proc.poll() is None, "generate finished before it could be interrupted"
@@ -175,9 +133,9 @@ def test_killed_while_writing_keeps_the_old_output(repo, sig):
 
 
 def test_ctrl_c_during_training_exits_promptly(repo):
-    _stage(repo, "generate", check=True)
+    run_stage(repo, "generate", check=True)
     set_params(repo, train__epochs=1_000_000)
-    proc = start(repo, "train")
+    proc = start_stage(repo, "train")
     for line in proc.stderr:
         if "epoch 1/" in line:
             break
@@ -192,9 +150,9 @@ def test_ctrl_c_during_training_exits_promptly(repo):
 
 
 def test_divergence_names_the_epoch_and_writes_no_model(repo):
-    _stage(repo, "generate", check=True)
+    run_stage(repo, "generate", check=True)
     set_params(repo, train__lr=1e6)
-    line = one_clean_line(_stage(repo, "train"), "train")
+    line = one_clean_line(run_stage(repo, "train"), "train")
     assert "training diverged at epoch" in line and "try a smaller train.lr" in line
     assert not (repo / "models/model.safetensors").exists()
 
@@ -207,11 +165,10 @@ def test_same_params_same_bytes_across_processes_and_threads(repo):
     results = []
     for threads in ("1", "2", "2"):
         for name in ("generate", "train", "evaluate", "plot"):
-            env = {**os.environ, "PYTHONPATH": "src"}
             subprocess.run(
                 [sys.executable, "-c", runner, threads, f"stages/{name}.py"],
                 cwd=repo,
-                env=env,
+                env=subprocess_env(),
                 check=True,
                 capture_output=True,
             )
@@ -222,18 +179,18 @@ def test_same_params_same_bytes_across_processes_and_threads(repo):
 
 
 def test_unwritable_output_is_one_clear_error(repo, tmp_path):
-    _stage(repo, "generate", check=True)
+    run_stage(repo, "generate", check=True)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where a folder should be")
     line = one_clean_line(
-        _stage(repo, "train", "--model", str(blocker / "model.safetensors")), "train"
+        run_stage(repo, "train", "--model", str(blocker / "model.safetensors")), "train"
     )
     assert f"cannot write {blocker / 'model.safetensors'}" in line
     assert blocker.read_text() == "a file where a folder should be"
     if os.geteuid() != 0:  # root ignores permission bits
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        line = one_clean_line(_stage(repo, "train", "--model", str(locked / "m.pt")), "train")
+        line = one_clean_line(run_stage(repo, "train", "--model", str(locked / "m.pt")), "train")
         assert "Permission denied" in line and not list(locked.iterdir())
 
 
@@ -245,11 +202,10 @@ def peak_rss_mib(repo: Path, name: str) -> tuple[subprocess.CompletedProcess, fl
         " file=sys.stderr)); sys.argv = [sys.argv[1]]; runpy.run_path(sys.argv[0], "
         "run_name='__main__')"
     )
-    env = {**os.environ, "PYTHONPATH": "src"}
     result = subprocess.run(
         [sys.executable, "-c", runner, f"stages/{name}.py"],
         cwd=repo,
-        env=env,
+        env=subprocess_env(),
         capture_output=True,
         text=True,
     )
@@ -261,26 +217,26 @@ def test_evaluate_memory_is_linear_in_features(repo):
     """4096 features (the allowed maximum): the sample tables are built a feature at a time."""
     set_params(repo, data__true_w=[1.0] * 4096, train__epochs=1, plot__feature=0)
     for name in ("generate", "train"):
-        _stage(repo, name, check=True)
+        run_stage(repo, name, check=True)
     result, rss = peak_rss_mib(repo, "evaluate")
     assert result.returncode == 0, result.stderr
     assert rss < 1500, f"evaluate peaked at {rss:.0f} MiB"
 
 
 def test_a_network_this_machine_cannot_hold_is_refused_before_training(repo):
-    _stage(repo, "generate", check=True)
+    run_stage(repo, "generate", check=True)
     set_params(repo, model__kind="mlp", model__hidden=[65536, 65536])
     start = time.monotonic()
-    line = one_clean_line(_stage(repo, "train"), "train")
+    line = one_clean_line(run_stage(repo, "train"), "train")
     assert time.monotonic() - start < 30
     assert "model.hidden = [65536, 65536]" in line and "GiB of memory" in line
     assert not (repo / "models/model.safetensors").exists()
 
 
 def test_more_ranks_than_cores_is_refused_before_launching(repo):
-    _stage(repo, "generate", check=True)
+    run_stage(repo, "generate", check=True)
     set_params(repo, train__nproc=64)
-    line = one_clean_line(_stage(repo, "train"), "train")
+    line = one_clean_line(run_stage(repo, "train"), "train")
     assert "train.nproc = 64 but this machine has" in line
 
 
@@ -293,28 +249,28 @@ def test_more_ranks_than_cores_is_refused_before_launching(repo):
 )
 def test_non_finite_numbers_are_blamed_on_their_cause(repo, changes, stage, message):
     if stage != "generate":
-        _stage(repo, "generate", check=True)
+        run_stage(repo, "generate", check=True)
     set_params(repo, **changes)
-    line = one_clean_line(_stage(repo, stage), stage)
+    line = one_clean_line(run_stage(repo, stage), stage)
     assert message in line and "train.lr" not in line
     assert not (repo / "data/train.npy").exists() or stage != "generate"
 
 
 def test_nan_in_the_data_names_the_row_not_the_learning_rate(repo):
-    _stage(repo, "generate", check=True)
-    _stage(repo, "train", check=True)  # a model for evaluate
+    run_stage(repo, "generate", check=True)
+    run_stage(repo, "train", check=True)  # a model for evaluate
     data = np.load(repo / "data/train.npy")
     data[7, 2] = np.nan
     np.save(repo / "data/train.npy", data)
     for name in ("train", "evaluate"):
-        line = one_clean_line(_stage(repo, name), name)
+        line = one_clean_line(run_stage(repo, name), name)
         assert "data/train.npy: row 7 has a NaN or infinite value" in line, line
 
 
 def test_sigterm_is_handled_like_ctrl_c(repo):
-    _stage(repo, "generate", check=True)
+    run_stage(repo, "generate", check=True)
     set_params(repo, train__epochs=1_000_000)
-    proc = start(repo, "train")
+    proc = start_stage(repo, "train")
     for line in proc.stderr:
         if "epoch 1/" in line:
             break
@@ -342,5 +298,5 @@ def test_sigterm_is_handled_like_ctrl_c(repo):
 )
 def test_plot_inputs_with_wrong_columns_are_one_line(built, table, content, message):
     (built / table).write_text(content)
-    line = one_clean_line(_stage(built, "plot"), "plot")
+    line = one_clean_line(run_stage(built, "plot"), "plot")
     assert message in line and table in line

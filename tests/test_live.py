@@ -5,7 +5,7 @@ import time
 import dvc.api
 import pytest
 
-from conftest import run
+from support import run
 
 pytestmark = pytest.mark.slow
 

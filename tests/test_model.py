@@ -5,6 +5,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from support import Payload
 from torchreg.errors import DataError
 from torchreg.model import LinearRegression, build_model, load_model, save_model
 from torchreg.training import seeded
@@ -59,19 +60,11 @@ def test_round_trip_is_byte_stable(tmp_path, params, kind):
         assert torch.equal(loaded(x), model(x))
 
 
-class _Payload:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_pickle_with_code_is_not_executed(tmp_path):
     marker = tmp_path / "pwned"
     with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump({"state_dict": _Payload(str(marker))}, f)
-    torch.save({"x": _Payload(str(marker))}, tmp_path / "evil_zip.pt")
+        pickle.dump({"state_dict": Payload(str(marker))}, f)
+    torch.save({"x": Payload(str(marker))}, tmp_path / "evil_zip.pt")
     assert not marker.exists()
     for name in ("evil.pt", "evil_zip.pt"):
         with pytest.raises(DataError, match=f"{name}: not a valid model file"):

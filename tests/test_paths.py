@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run, set_params
+from support import ROOT, one_clean_line, run, set_params, subprocess_env
 from torchreg.config import DataConfig
 from torchreg.data import DataFile, write_dataset
 from torchreg.errors import DataError, UserError
@@ -33,25 +33,16 @@ DIRECTORY = "is a directory, not a regular file"
 
 
 def script(cwd: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TORCHREG_FIFO_WAIT_S": "1"}
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
-        env=env,
+        env=subprocess_env(ROOT / "src", TORCHREG_FIFO_WAIT_S="1"),
         input=stdin,
         stdin=None if stdin is not None else subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
     )
-
-
-def one_line(result: subprocess.CompletedProcess, stage: str) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith(f"{stage}: error:")]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.fixture
@@ -98,7 +89,7 @@ def test_input_that_is_not_a_regular_file_is_one_line(project, stage, args, path
     files = [p for p in project.rglob("*") if p.is_file() and p != project / path]
     before = {p: p.read_bytes() for p in files}
     replace_with(project / path, kind)
-    line = one_line(script(project, *args), stage)
+    line = one_clean_line(script(project, *args), stage)
     assert f"{path}: {FIFO if kind == 'fifo' else DIRECTORY}" in line
     assert {p: p.read_bytes() for p in files} == before
     assert not list(project.rglob(".*.tmp"))
@@ -106,7 +97,9 @@ def test_input_that_is_not_a_regular_file_is_one_line(project, stage, args, path
 
 def test_predict_says_how_to_read_a_pipe(project):
     replace_with(project / "rows.csv", "fifo")
-    line = one_line(script(project, "-m", "torchreg.predict", "--input", "rows.csv"), "predict")
+    line = one_clean_line(
+        script(project, "-m", "torchreg.predict", "--input", "rows.csv"), "predict"
+    )
     assert "use --input - " in line
 
 
@@ -228,7 +221,7 @@ def test_predict_output_to_a_fifo_with_a_reader(project):
 def test_an_output_fifo_nobody_reads_is_one_line_not_a_hang(project, stage, args, path):
     (project / path).unlink(missing_ok=True)
     os.mkfifo(project / path)
-    line = one_line(script(project, *args), stage)
+    line = one_clean_line(script(project, *args), stage)
     assert f"cannot write {path}: it is a FIFO (named pipe) and no process opened it" in line
     assert stat.S_ISFIFO((project / path).stat().st_mode)
 
@@ -236,7 +229,7 @@ def test_an_output_fifo_nobody_reads_is_one_line_not_a_hang(project, stage, args
 def test_stage_output_that_is_a_directory_is_one_line(project):
     (project / "metrics").mkdir()
     (project / "metrics/evaluate.json").mkdir()
-    line = one_line(script(project, "stages/evaluate.py"), "evaluate")
+    line = one_clean_line(script(project, "stages/evaluate.py"), "evaluate")
     assert f"cannot write metrics/evaluate.json: {DIRECTORY}" in line
     assert (project / "metrics/evaluate.json").is_dir()
 
@@ -249,22 +242,21 @@ def test_stage_output_that_is_a_directory_is_one_line(project):
     "output of generate, a dependency of train) with a plain open() in dvc_data's "
     "hashfile/hash.py file_md5, which waits for a FIFO writer for ever (dvc 3.67.1)",
 )
-def test_dvc_repro_with_a_fifo_for_data(repo):
-    run(["dvc", "repro"], repo)
-    replace_with(repo / "data/train.npy", "fifo")
-    result = run(["dvc", "repro"], repo, check=False, timeout=30)
+def test_dvc_repro_with_a_fifo_for_data(built):
+    replace_with(built / "data/train.npy", "fifo")
+    result = run(["dvc", "repro"], built, check=False, timeout=30)
     assert result.returncode != 0 and "data/train.npy" in result.stderr
 
 
 def test_a_missing_path_the_user_named_gets_no_pipeline_advice(project):
     """'run the train stage first' fits only the path the train stage writes."""
     evaluate = ("stages/evaluate.py",)
-    line = one_line(script(project, *evaluate, "--model", "nope.safetensors"), "evaluate")
+    line = one_clean_line(script(project, *evaluate, "--model", "nope.safetensors"), "evaluate")
     assert line == "evaluate: error: nope.safetensors not found"
-    line = one_line(script(project, *evaluate, "--test", "nope.npy"), "evaluate")
+    line = one_clean_line(script(project, *evaluate, "--test", "nope.npy"), "evaluate")
     assert line == "evaluate: error: nope.npy not found"
     (project / "models/model.safetensors").unlink()
-    line = one_line(script(project, "stages/evaluate.py"), "evaluate")
+    line = one_clean_line(script(project, "stages/evaluate.py"), "evaluate")
     assert "models/model.safetensors not found: run the train stage first" in line
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import torchreg.predict as predict_module
-from conftest import ROOT
+from support import ROOT, one_clean_line, subprocess_env
 from torchreg.errors import DataError
 from torchreg.model import build_model, save_model
 from torchreg.predict import is_header, run
@@ -65,11 +65,10 @@ def test_missing_input(tmp_path, model_file):
 
 
 def cli(cwd, *args, stdin=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     return subprocess.run(
         [sys.executable, "-m", "torchreg.predict", *args],
         cwd=cwd,
-        env=env,
+        env=subprocess_env(ROOT / "src"),
         input=stdin,
         stdin=None if stdin is not None else subprocess.DEVNULL,
         capture_output=True,
@@ -79,11 +78,8 @@ def cli(cwd, *args, stdin=None):
 
 
 def one_line(result):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("predict: error: "), result.stderr
-    return lines[0]
+    """The predict CLI's error: exit status 2 and one line, `predict: error: ...`, alone."""
+    return one_clean_line(result, "predict", alone=True)
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run
+from support import ROOT, run
 
 README = ROOT / "README.md"
 CLONE_URL = "<repo-url>"  # the placeholder the Quick start clones from

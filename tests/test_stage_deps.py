@@ -3,12 +3,12 @@ serve a stale cache after a library change."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT, subprocess_env
+
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 RUNNER = (
     "import atexit, runpy, sys\n"
@@ -24,7 +24,7 @@ def test_deps_list_every_imported_module(stage):
     result = subprocess.run(
         [sys.executable, "-c", RUNNER, script],
         cwd=ROOT,
-        env={"PYTHONPATH": "src", "PATH": ""},
+        env=subprocess_env("src", inherit=False),
         capture_output=True,
         text=True,
     )

@@ -10,7 +10,7 @@ import shlex
 
 import pytest
 
-from conftest import run
+from support import run
 
 pytestmark = pytest.mark.slow
 
