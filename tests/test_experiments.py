@@ -141,6 +141,9 @@ def test_every_param_can_be_set_with_dash_s(repo):
         "train.init_std": "0.1",
         "train.device": "cpu",
         "train.nproc": "1",
+        "train.lr_schedule": "cosine",
+        "train.average": "swa",
+        "train.average_start": "0.25",
         "plot.feature": "2",
     }
     import yaml
