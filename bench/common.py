@@ -20,6 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's python and dvc, whatever PATH says
 sys.path.insert(0, str(ROOT / "experiments"))
+# dvc.yaml's commands say `python`: the venv's, in every process started from here (the queue's
+# workers included), even when the venv is not activated.
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
 STAGES = ("validate", "generate", "train", "evaluate", "plot")  # dvc.yaml's order
 QUIET = {"PYTHONPATH": "src", "TORCHREG_LOG_LEVEL": "WARNING"}
 
@@ -71,7 +74,7 @@ print(time.perf_counter() - start, usage.ru_maxrss * 1024, os.waitstatus_to_exit
 
 def measured(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, int]:
     """Run a command; return its wall seconds and peak resident memory in bytes."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    env = {**os.environ, **(env or {})}
     with tempfile.TemporaryFile() as log:
         result = subprocess.run(
             [sys.executable, "-c", _WAIT, *cmd],

@@ -84,8 +84,9 @@ def measure(gb: float) -> str:
         if out_rows != rows:
             raise RuntimeError(f"predicted {out_rows:,} rows of {rows:,}")
         return (
-            f"{rows:,} rows ({size / 1e9:.2f} GB) in {seconds:.1f} s = {rows / seconds:,.0f} rows/s,"
-            f" {size / 1e6 / seconds:.1f} MB/s; {rows / cpu:,.0f} rows per CPU second; "
+            f"{rows:,} rows ({size / 1e9:.2f} GB) in {seconds:.1f} s = "
+            f"{rows / seconds:,.0f} rows/s, {size / 1e6 / seconds:.1f} MB/s; "
+            f"{rows / cpu:,.0f} rows per CPU second; "
             f"peak RSS {peak_mib:.0f} MiB"
         )
 

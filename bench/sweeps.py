@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import BIN, ROOT, Table, describe_costs, fresh_copy, measured, stage_costs
+from common import ROOT, Table, describe_costs, fresh_copy, measured, stage_costs
 from sweep import queue, results, run_queue, set_params
 
 # 8 experiments that change train params only: data comes from the cache, not regenerated.
@@ -42,7 +42,7 @@ def bench_sweep(table: Table, repeats: int, work: Path, epochs: int | None) -> N
         set_params(repo, train__epochs=epochs)
     # The baseline a user sweeps from: reproduced and committed, its data in the cache.
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-    subprocess.run([BIN / "dvc", "repro", "-q"], cwd=repo, check=True, capture_output=True)
+    measured(["dvc", "repro"], repo)
     subprocess.run([*git, "commit", "-qam", "baseline", "--allow-empty"], cwd=repo, check=True)
     tutorial = [sys.executable, str(ROOT / "bench/tutorial.py"), str(work / "tutorial.png")]
     t_tut: list[float] = []

@@ -6,6 +6,7 @@ works the same typed by hand.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -41,17 +42,20 @@ def queue(repo: Path, experiments: Mapping[str, Iterable[str]], shared: Iterable
     """Queue one experiment per name with `-S` overrides; old experiments of a name go first.
 
     What `dvc exp remove NAME` and `dvc exp run --queue --name NAME -S ...` do, through the same
-    DVC calls in one process: a CLI call per experiment costs a Python and DVC start each
-    (about 1 s), paid before any experiment runs.
+    DVC calls in this process: a CLI call per experiment would pay a Python and DVC start each
+    (0.5 to 1 s) before any experiment runs. Each is queued from a freshly opened repo, as
+    each CLI call would be. DVC reads `-S` paths (params.yaml) from the working directory, as
+    its CLI does: hence the chdir (without it, it would edit the caller's params.yaml).
     """
     from dvc.repo import Repo
 
-    with Repo(str(repo)) as dvc_repo:
+    with contextlib.chdir(repo), Repo(".") as dvc_repo:
         found = dvc_repo.experiments.celery_queue.get_ref_and_entry_by_names(list(experiments))
         old = [name for name, hit in found.items() if hit.exp_ref_info or hit.queue_entry]
         if old:
             dvc_repo.experiments.remove(exp_names=old)
-        for name, overrides in experiments.items():
+    for name, overrides in experiments.items():
+        with contextlib.chdir(repo), Repo(".") as dvc_repo:
             dvc_repo.experiments.run(params=[*shared, *overrides], queue=True, name=name)
 
 
