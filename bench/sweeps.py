@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, Table, describe_costs, fresh_copy, measured, stage_costs
-from sweep import queue, results, run_queue, set_params
+from sweep import queue, results, run_queue, set_params, stop_workers
 
 # 8 experiments that change train params only: data comes from the cache, not regenerated.
 GRID = {
@@ -29,6 +29,7 @@ def timed_sweep(repo: Path, experiments: dict, jobs: int) -> tuple[float, float]
     queue(repo, experiments)
     queued = time.perf_counter() - start
     total = queued + run_queue(repo, jobs, poll_s=0.5)
+    stop_workers(repo)
     states = {name: row["state"] for name, row in results(repo, experiments).items()}
     if states != dict.fromkeys(experiments, "Success"):
         log = (repo / ".dvc/tmp/queue-start.log").read_text()[-2000:]

@@ -94,6 +94,21 @@ def run_queue(repo: Path, jobs: int, poll_s: float = 1.0) -> float:
     return min(polled, max(ends) - started) if ends else polled
 
 
+def stop_workers(repo: Path, timeout_s: float = 60.0) -> None:
+    """Stop the queue's workers and wait until they are gone. An idle worker lingers for 10 s
+    (DVC's TemporaryWorker timeout) and would take tasks queued for a later `run_queue`: a
+    `-j 1` run right after a `-j 2` one would get two workers."""
+    from dvc.repo import Repo
+
+    dvc(repo, "queue", "stop")
+    deadline = time.monotonic() + timeout_s
+    with Repo(str(repo)) as dvc_repo:
+        while dvc_repo.experiments.celery_queue.worker_status():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"queue workers in {repo} still running after {timeout_s} s")
+            time.sleep(0.5)
+
+
 def results(repo: Path, names: Iterable[str]) -> dict[str, dict]:
     """For each named experiment: its state, params and metrics, from `dvc.api.exp_show`."""
     import dvc.api
