@@ -152,13 +152,13 @@ def fresh_copy(dest: Path) -> Path:
     return dest
 
 
-def clean_outputs(repo: Path) -> None:
+PROJECT_OUTPUTS = ("data", "models", "dvclive", "metrics", "plots")
+
+
+def clean_outputs(repo: Path, outputs: tuple[str, ...] = PROJECT_OUTPUTS) -> None:
     """Back to a fresh clone's state with an empty cache: `dvc repro` then runs every stage."""
-    for name in ("data", "models", "dvclive", "metrics", "plots", ".dvc/cache"):
+    for name in (*outputs, ".dvc/cache"):
         shutil.rmtree(repo / name, ignore_errors=True)
     (repo / "dvc.lock").unlink(missing_ok=True)
-    subprocess.run(
-        ["git", "checkout", "-q", "--", "data/.gitignore", "models/.gitignore"],
-        cwd=repo,
-        check=False,
-    )
+    # Put back the tracked files the folders held (data/.gitignore, ...).
+    subprocess.run(["git", "checkout", "-q", "--", *outputs], cwd=repo, capture_output=True)

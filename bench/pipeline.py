@@ -43,9 +43,9 @@ def floor_repo(dest: Path) -> Path:
         code = f"{imports}; " if imports else ""
         lines += [
             f"  {stage}:",
-            f"    cmd: python -c \"{code}open('{stage}.out', 'w').write('done')\"",
-            *([f"    deps: [{previous}.out]"] if previous else []),
-            f"    outs: [{stage}.out]",
+            f"    cmd: python -c \"{code}open('out/{stage}', 'w').write('done')\"",
+            *([f"    deps: [out/{previous}]"] if previous else []),
+            f"    outs: [out/{stage}]",
         ]
         previous = stage
     (dest / "dvc.yaml").write_text("\n".join(lines) + "\n")
@@ -67,7 +67,8 @@ def bench_pipeline(table: Table, repeats: int, work: Path, epochs: int | None) -
         t_tut.append(measured(tutorial, work)[0])
         clean_outputs(repo)
         t_dvc.append(measured(["dvc", "repro"], repo)[0])
-        clean_outputs(floor)
+        clean_outputs(floor, ("out",))
+        (floor / "out").mkdir()
         t_floor.append(measured(["dvc", "repro"], floor)[0])
     tut, dvc, bare = (statistics.median(t) for t in (t_tut, t_dvc, t_floor))
     bare_alone = sum(median_of(floor_command(s), floor, repeats) for s in STAGES)

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = (
         f"# Benchmarks\n\nMachine: {desc}\n\nCommand: `{command.strip()}` "
-        f"(median of {repeats} runs per figure)\n\n{table.markdown()}\n"
+        f"(median of {repeats} runs per figure)\n\n{table.markdown()}\n\n"
+        + (ROOT / "bench/notes.md").read_text()
     )
     args.out.write_text(text)
     print(f"\n{table.markdown()}\n\nwrote {args.out}")
