@@ -76,14 +76,13 @@ print(json.dumps(out))
 """
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
+def measure(repeats: int) -> tuple[str, list[tuple[str, float, float]]]:
+    """Run the workload `repeats` times each way; return a header line and, per workload, its
+    (name, native median, pinned median)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TORCHREG_LOG_LEVEL": "WARNING"}
     runs: dict[str, list[dict]] = {"pinned": [], "native": []}
     with tempfile.TemporaryDirectory() as work:
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             for mode in runs:
                 result = subprocess.run(
                     [sys.executable, "-c", WORKLOAD, mode, work],
@@ -94,18 +93,32 @@ def main(argv: list[str] | None = None) -> None:
                     check=True,
                 )
                 runs[mode].append(json.loads(result.stdout))
-    first = runs["native"][0]
-    print(
-        f"native: ATen {first['capability']}, {first['threads']} threads; "
-        f"pinned: ATen {runs['pinned'][0]['capability']}, {runs['pinned'][0]['threads']} thread"
+    native, pinned = runs["native"][0], runs["pinned"][0]
+    header = (
+        f"native: ATen {native['capability']}, {native['threads']} threads; "
+        f"pinned: ATen {pinned['capability']}, {pinned['threads']} thread"
     )
+    rows = [
+        (
+            key,
+            statistics.median(r[key] for r in runs["native"]),
+            statistics.median(r[key] for r in runs["pinned"]),
+        )
+        for key in native
+        if key not in ("capability", "threads")
+    ]
+    return header, rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    header, rows = measure(args.repeats)
+    print(header)
     print("| workload | native | pinned | pinned / native |")
     print("|---|---|---|---|")
-    for key in first:
-        if key in ("capability", "threads"):
-            continue
-        native = statistics.median(r[key] for r in runs["native"])
-        pinned = statistics.median(r[key] for r in runs["pinned"])
+    for key, native, pinned in rows:
         print(f"| {key} | {native:.3g} | {pinned:.3g} | {pinned / native:.2f}x |")
 
 

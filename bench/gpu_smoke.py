@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import fresh_copy, measured, set_params  # noqa: E402
+from common import fresh_copy, measured  # noqa: E402
+from sweep import set_params  # noqa: E402
 
 CASES = {
     "default params": {},

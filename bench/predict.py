@@ -61,33 +61,41 @@ def write_model(path: Path) -> None:
     save_model(path, model, cfg, N_FEATURES)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gb", type=float, default=1.0, help="CSV size in GB (default: 1.0)")
-    args = parser.parse_args()
+def measure(gb: float) -> str:
+    """Write about `gb` GB of CSV, predict it in a child process; return the figures as text."""
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        started = time.perf_counter()
-        rows = write_csv(folder / "rows.csv", args.gb)
+        rows = write_csv(folder / "rows.csv", gb)
         size = (folder / "rows.csv").stat().st_size
-        print(f"wrote {size / 1e9:.2f} GB, {rows:,} rows in {time.perf_counter() - started:.0f} s")
         write_model(folder / "model.safetensors")
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         cmd = [sys.executable, "-m", "torchreg.predict", "--model", "model.safetensors"]
         cmd += ["--input", "rows.csv", "--output", "predicted.csv"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         subprocess.run(cmd, cwd=folder, env=env, check=True)
         seconds = time.perf_counter() - started
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        peak_mib = usage.ru_maxrss / 1024  # KiB on Linux
-        cpu = usage.ru_utime + usage.ru_stime  # less sensitive than wall time to a busy machine
-        out_rows = sum(1 for _ in (folder / "predicted.csv").open()) - 1
-        assert out_rows == rows, (out_rows, rows)
-        print(
-            f"predict: {rows:,} rows ({size / 1e9:.2f} GB) in {seconds:.1f} s = "
+        peak_mib = usage.ru_maxrss / 1024  # KiB on Linux; the largest child so far
+        # CPU time is less sensitive than wall time to a busy machine
+        cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+        with (folder / "predicted.csv").open() as out:
+            out_rows = sum(1 for _ in out) - 1
+        if out_rows != rows:
+            raise RuntimeError(f"predicted {out_rows:,} rows of {rows:,}")
+        return (
+            f"{rows:,} rows ({size / 1e9:.2f} GB) in {seconds:.1f} s = "
             f"{rows / seconds:,.0f} rows/s, {size / 1e6 / seconds:.1f} MB/s; "
-            f"CPU {cpu:.1f} s = {rows / cpu:,.0f} rows per CPU second; peak RSS {peak_mib:.0f} MiB"
+            f"{rows / cpu:,.0f} rows per CPU second; "
+            f"peak RSS {peak_mib:.0f} MiB"
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gb", type=float, default=1.0, help="CSV size in GB (default: 1.0)")
+    args = parser.parse_args()
+    print(f"predict: {measure(args.gb)}")
 
 
 if __name__ == "__main__":
