@@ -6,7 +6,6 @@ works the same typed by hand.
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 import time
@@ -40,23 +39,13 @@ def dvc(repo: Path, *args: str, check: bool = True) -> str:
 
 def queue(repo: Path, experiments: Mapping[str, Iterable[str]], shared: Iterable[str] = ()) -> None:
     """Queue one experiment per name with `-S` overrides; old experiments of a name go first.
-
-    What `dvc exp remove NAME` and `dvc exp run --queue --name NAME -S ...` do, through the same
-    DVC calls in this process: a CLI call per experiment would pay a Python and DVC start each
-    (0.5 to 1 s) before any experiment runs. Each is queued from a freshly opened repo, as
-    each CLI call would be. DVC reads `-S` paths (params.yaml) from the working directory, as
-    its CLI does: hence the chdir (without it, it would edit the caller's params.yaml).
-    """
-    from dvc.repo import Repo
-
-    with contextlib.chdir(repo), Repo(".") as dvc_repo:
-        found = dvc_repo.experiments.celery_queue.get_ref_and_entry_by_names(list(experiments))
-        old = [name for name, hit in found.items() if hit.exp_ref_info or hit.queue_entry]
-        if old:
-            dvc_repo.experiments.remove(exp_names=old)
+    Through the CLI, one call per experiment, exactly as typed by hand (queueing from inside
+    one Python process left all but the first task unrun by the workers)."""
+    for name in experiments:  # one by one: a name that is not there fails the whole call
+        dvc(repo, "exp", "remove", name, check=False)
     for name, overrides in experiments.items():
-        with contextlib.chdir(repo), Repo(".") as dvc_repo:
-            dvc_repo.experiments.run(params=[*shared, *overrides], queue=True, name=name)
+        sets = [arg for s in (*shared, *overrides) for arg in ("-S", s)]
+        dvc(repo, "exp", "run", "--queue", "--name", name, *sets)
 
 
 def pending(repo: Path) -> int:
@@ -85,13 +74,25 @@ def run_queue(repo: Path, jobs: int, poll_s: float = 1.0) -> float:
             stderr=log,
             check=True,
         )
+    idle_since = None
     while pending(repo):
         time.sleep(poll_s)
+        if _workers(repo):
+            idle_since = None
+        elif (idle_since := idle_since or time.monotonic()) < time.monotonic() - 30:
+            raise RuntimeError(f"experiments still queued in {repo} but no worker for 30 s")
     polled = time.perf_counter() - start
     refs = Path(repo) / ".git" / "refs" / "exps"
     ends = [p.stat().st_mtime for p in refs.rglob("*") if p.is_file()] if refs.is_dir() else []
     ends = [end for end in ends if end >= started]
     return min(polled, max(ends) - started) if ends else polled
+
+
+def _workers(repo: Path) -> int:
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        return len(dvc_repo.experiments.celery_queue.worker_status())
 
 
 def stop_workers(repo: Path, timeout_s: float = 60.0) -> None:
