@@ -10,7 +10,6 @@ Writes: metrics/evaluate.json (test.mae, test.rmse, train.mae, reference.test_ma
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from torchreg.errors import DataError
 from torchreg.evaluation import SAMPLE_ROWS, curve_rows, evaluate, prediction_rows
 from torchreg.files import write_json, write_tsv
 from torchreg.model import TRAIN_HINT, load_model
-from torchreg.stage import run_main
+from torchreg.stage import run_main, stage_parser
 
 log = logging.getLogger("evaluate")
 
@@ -70,16 +69,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; uses data.*",
-    )
+    parser = stage_parser(__doc__, "data.*")
     parser.add_argument(
         "--model",
         type=Path,

@@ -6,13 +6,12 @@ Writes: data/train.npy, data/test.npy  (float32, rows x (features + 1): the feat
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from torchreg.config import DataConfig, load_params
 from torchreg.data import check_disk, nbytes, write_dataset
-from torchreg.stage import run_main
+from torchreg.stage import run_main, stage_parser
 
 log = logging.getLogger("generate")
 
@@ -28,16 +27,7 @@ def run(cfg: DataConfig, train_path: Path, test_path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; uses data.*",
-    )
+    parser = stage_parser(__doc__, "data.*")
     parser.add_argument(
         "--train", type=Path, default=Path("data/train.npy"), help="where to write the training set"
     )

@@ -8,7 +8,6 @@ Writes: plots/fit.png, plots/loss.png, plots/predicted_vs_actual.png, plots/resi
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from torchreg.config import Params, load_params
 from torchreg.errors import DataError
 from torchreg.files import read_json, read_tsv
 from torchreg.plotting import fit_figure, loss_figure, predicted_figure, residual_figure, save
-from torchreg.stage import run_main
+from torchreg.stage import run_main, stage_parser
 
 log = logging.getLogger("plot")
 
@@ -64,16 +63,7 @@ def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; uses plot.feature and train.loss",
-    )
+    parser = stage_parser(__doc__, "plot.feature and train.loss")
     parser.add_argument(
         "--loss",
         type=Path,

@@ -12,7 +12,6 @@ launcher (DistributedDataParallel, gloo on CPU, nccl on CUDA); only rank 0 write
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import sys
@@ -23,7 +22,7 @@ from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.model import build_model, save_model
-from torchreg.stage import run_main
+from torchreg.stage import run_main, stage_parser
 from torchreg.tracking import LiveLog, Progress
 from torchreg.training import Windows, fit, seeded
 
@@ -77,16 +76,7 @@ def check_budget(params: Params, data: DataFile) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; uses model.* and train.*",
-    )
+    parser = stage_parser(__doc__, "model.* and train.*")
     parser.add_argument(
         "--data", type=Path, default=Path("data/train.npy"), help="the training set to read"
     )

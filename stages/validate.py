@@ -12,12 +12,11 @@ Writes: metrics/params.ok  (always the same bytes, so a params change reruns onl
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from torchreg.config import load_params
 from torchreg.files import write_bytes
-from torchreg.stage import run_main
+from torchreg.stage import run_main, stage_parser
 
 OK = b"params.yaml checked\n"
 
@@ -28,9 +27,10 @@ def run(params_path: Path, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, default=Path("metrics/params.ok"))
+    parser = stage_parser(__doc__, "every section")
+    parser.add_argument(
+        "--out", type=Path, default=Path("metrics/params.ok"), help="the marker to write"
+    )
     args = parser.parse_args(argv)
     run_main("validate", lambda: run(args.params, args.out))
 

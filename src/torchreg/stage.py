@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from torchreg.errors import UserError
 
@@ -16,6 +18,18 @@ LAUNCHER_ENV = "TORCHREG_LAUNCHER_PID"
 # The last guard on a message that echoes something huge (a 1 MB cell quoted by a parser):
 # keep its start (what and where) and its end (what to do).
 MAX_MESSAGE = 600
+
+
+def stage_parser(doc: str, uses: str) -> argparse.ArgumentParser:
+    """A stage's command line: its docstring's first paragraph, every default shown, and the
+    --params option every stage has (`uses`: the params it reads)."""
+    result = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    result.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help=f"the params file; uses {uses}"
+    )
+    return result
 
 
 def _interrupt(signum: int, frame: object) -> None:
