@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh clone:
 #   ./run.sh repro [dvc repro options]   set up .venv if needed, then run the pipeline
-#   ./run.sh test  [pytest options]      set up .venv if needed, then run the tests
+#   ./run.sh test  [pytest options]      set up .venv if needed, then run the fast tests
+#   ./run.sh test-all [pytest options]   the same, then every test: the slow end-to-end ones too
 #   ./run.sh setup                       set up .venv if needed, nothing else
 #   ./run.sh lock  [pip-compile options] regenerate requirements.lock (see tools/lock.sh)
 # Set-up creates .venv with Python >= 3.11 and installs exactly requirements.lock (every
@@ -53,6 +54,8 @@ command=${1:-}
 case "$command" in
   setup) ;;
   repro) exec dvc repro "$@" ;;
-  test) exec python -m pytest "$@" ;;
-  *) echo "usage: ./run.sh setup|repro|test|lock [options]" >&2; exit 2 ;;
+  # The fast tier (a minute or two); `-m slow` after it runs the slow tier alone.
+  test) exec python -m pytest -m "not slow" "$@" ;;
+  test-all) exec python -m pytest "$@" ;;
+  *) echo "usage: ./run.sh setup|repro|test|test-all|lock [options]" >&2; exit 2 ;;
 esac

@@ -10,23 +10,27 @@ import time
 from pathlib import Path
 
 from common import ROOT, Table, describe_costs, fresh_copy, measured, stage_costs
-from sweep import queue, results, run_queue, set_params, stop_workers
+from sweep import queue, queue_grid, results, run_queue, set_params, stop_workers
 
 # 8 experiments that change train params only: data comes from the cache, not regenerated.
-GRID = {
-    f"lr{lr}-seed{seed}": [f"train.lr={lr}", f"train.seed={seed}"]
-    for lr in ("0.001", "0.002", "0.005", "0.01")
-    for seed in (0, 1)
-}
+# Queued as a user would, in one call: dvc exp run --queue -S train.lr=... -S train.seed=0,1
+GRID = ("train.lr=0.001,0.002,0.005,0.01", "train.seed=0,1")
+N_GRID = 8
 # What a train-params experiment runs: generate is restored from the cache.
 RERUN = ("validate", "train", "evaluate", "plot")
 
 
-def timed_sweep(repo: Path, experiments: dict, jobs: int) -> tuple[float, float]:
-    """Queue the experiments and run them; return (seconds queueing, seconds from queueing to
-    the last experiment's end). Every experiment must have succeeded."""
+def timed_sweep(repo: Path, experiments: dict | tuple, jobs: int) -> tuple[float, float]:
+    """Queue the experiments (named: {name: overrides}; or a grid of sweeps, one call) and run
+    them; return (seconds queueing, seconds from queueing to the last experiment's end). Every
+    experiment must have succeeded."""
     start = time.perf_counter()
-    queue(repo, experiments)
+    if isinstance(experiments, dict):
+        queue(repo, experiments)
+    else:
+        experiments = queue_grid(repo, *experiments)
+        if len(experiments) != N_GRID:
+            raise RuntimeError(f"queued {experiments}, expected {N_GRID} experiments")
     queued = time.perf_counter() - start
     total = queued + run_queue(repo, jobs, poll_s=0.5)
     stop_workers(repo)
@@ -56,7 +60,7 @@ def bench_sweep(table: Table, repeats: int, work: Path, epochs: int | None) -> N
             queueing.append(queued)
             walls[jobs].append(total)
     tut, one, two = (statistics.median(t) for t in (t_tut, walls[1], walls[2]))
-    n = len(GRID)
+    n = N_GRID
     table.add(
         f"{n} queued experiments (train params), queueing + `dvc queue start -j 1`",
         f"{one:.1f} s ({one / n:.2f} s each; queueing {statistics.median(queueing):.1f} s)",

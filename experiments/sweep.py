@@ -6,6 +6,7 @@ works the same typed by hand.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -46,6 +47,14 @@ def queue(repo: Path, experiments: Mapping[str, Iterable[str]], shared: Iterable
     for name, overrides in experiments.items():
         sets = [arg for s in (*shared, *overrides) for arg in ("-S", s)]
         dvc(repo, "exp", "run", "--queue", "--name", name, *sets)
+
+
+def queue_grid(repo: Path, *sweeps: str) -> list[str]:
+    """Queue the grid of `-S` sweeps (e.g. "train.lr=0.001,0.01", "train.seed=0,1": 4
+    experiments) with one `dvc exp run --queue` call, as typed by hand; return the names DVC
+    gave them. One DVC start for the whole grid, not one per experiment."""
+    out = dvc(repo, "exp", "run", "--queue", *(arg for s in sweeps for arg in ("-S", s)))
+    return re.findall(r"^Queued experiment '([^']+)'", out, flags=re.MULTILINE)
 
 
 def pending(repo: Path) -> int:
@@ -96,18 +105,27 @@ def _workers(repo: Path) -> int:
 
 
 def stop_workers(repo: Path, timeout_s: float = 60.0) -> None:
-    """Stop the queue's workers and wait until they are gone. An idle worker lingers for 10 s
-    (DVC's TemporaryWorker timeout) and would take tasks queued for a later `run_queue`: a
-    `-j 1` run right after a `-j 2` one would get two workers."""
-    from dvc.repo import Repo
+    """Wait until the queue's workers are gone, so that a later `run_queue` starts its own: an
+    idle DVC worker lingers for 10 s (DVC's TemporaryWorker timeout) and would take tasks queued
+    for it (a `-j 1` run right after a `-j 2` one would get two workers).
 
+    `dvc queue stop` only when they outlive `timeout_s`: sent when a worker has already gone,
+    its shutdown message stays in the queue's broker and stops the next worker of that name
+    the moment it starts, after one task, leaving the rest of the queue unrun."""
+    if _wait_for_no_workers(repo, timeout_s):
+        return
     dvc(repo, "queue", "stop")
+    if not _wait_for_no_workers(repo, timeout_s):
+        raise RuntimeError(f"queue workers in {repo} still running after {2 * timeout_s} s")
+
+
+def _wait_for_no_workers(repo: Path, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    with Repo(str(repo)) as dvc_repo:
-        while dvc_repo.experiments.celery_queue.worker_status():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"queue workers in {repo} still running after {timeout_s} s")
-            time.sleep(0.5)
+    while _workers(repo):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def results(repo: Path, names: Iterable[str]) -> dict[str, dict]:

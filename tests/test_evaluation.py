@@ -123,3 +123,25 @@ def test_evaluate_compares_with_the_minimizer(params):
     metrics = evaluate(best, params.data, train, test, "mae")
     assert metrics["test"]["mae_vs_minimizer"] == pytest.approx(1.0, abs=1e-6)
     assert metrics["reference"]["minimizer_train_loss"] <= metrics["reference"]["train_mae"]
+
+
+def test_minimizer_work_is_bounded_by_the_rows_and_says_so(monkeypatch, caplog):
+    """IRLS reads the training rows twice an iteration: past IRLS_MAX_ROWS rows read in all
+    it stops (fewer iterations for more rows, the same for every run) and says the fit is an
+    approximation; under the limit it says nothing."""
+    import torchreg.evaluation as evaluation
+
+    rows = line_with_outlier()
+    exact = minimizer(rows, "mae")
+    assert not caplog.records
+    calls = []
+    real = evaluation._reweighted
+    monkeypatch.setattr(evaluation, "_reweighted", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(evaluation, "IRLS_MAX_ROWS", 2 * len(rows) * 3)  # 3 iterations
+    with caplog.at_level("WARNING", logger="torchreg.evaluation"):
+        capped = minimizer(rows, "mae")
+    assert len(calls) == 1 + 3  # the least-squares start, then 3 IRLS iterations
+    assert "limit of 3 IRLS iteration(s) for 21 training rows" in caplog.text
+    assert "approximation" in caplog.text
+    assert mean_loss(capped, rows, "mae") >= mean_loss(exact, rows, "mae")
+    assert mean_loss(capped, rows, "mae") < mean_loss(least_squares(rows), rows, "mae")

@@ -81,6 +81,23 @@ def test_grid_sweep_in_parallel_with_one_failure(repo):
     assert len(seen) == 4  # four different results, none overwritten by another
 
 
+def test_back_to_back_queue_runs_each_run_everything(built):
+    """The sweep helpers as the benchmark uses them: a `-j 2` run, its workers waited for, then
+    a `-j 1` run. A stop sent after a worker had gone used to stop the next run's worker after
+    its first task, leaving the rest queued."""
+    from sweep import queue_grid, results, run_queue, stop_workers
+
+    set_params(built, train__epochs=3)
+    commit(built, "baseline")
+    for jobs, lrs in ((2, "0.01,0.02"), (1, "0.03,0.04")):
+        names = queue_grid(built, f"train.lr={lrs}")
+        assert len(names) == 2
+        run_queue(built, jobs, poll_s=0.5)
+        stop_workers(built)
+        states = {name: row["state"] for name, row in results(built, names).items()}
+        assert states == dict.fromkeys(names, "Success")
+
+
 def test_compare_two_experiments(repo):
     set_params(repo, train__epochs=5)
     run(["dvc", "repro"], repo)
