@@ -30,7 +30,7 @@ fi
 stamp=.venv/.installed
 want=$(cat requirements.lock pyproject.toml | sha256sum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "run.sh: installing requirements.lock into a new .venv (first run takes a minute)" >&2
+  echo "run.sh: installing requirements.lock into a new .venv (first run: a few minutes)" >&2
   # A new venv, not an update: a package dropped from the lock must not linger.
   rm -rf .venv
   "$python" -m venv .venv

@@ -1,5 +1,6 @@
 """Evaluate the trained model against the test set, the closed-form least-squares fit and (for
-the linear model) the exact minimizer of the training loss.
+the linear model) the minimizer of the training loss (exact up to 20,000 training rows; on more
+rows an approximation, and the stage says so).
 
 Reads:  params.yaml (data.true_w, data.true_b, data.noise_std, data.target, train.loss),
         models/model.safetensors, data/train.npy, data/test.npy
@@ -69,7 +70,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser(__doc__, "data.*")
+    parser = stage_parser(__doc__, "data.*, train.loss")
     parser.add_argument(
         "--model",
         type=Path,

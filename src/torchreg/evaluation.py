@@ -1,5 +1,5 @@
-"""Metrics, the reference fits (least squares; the exact minimizer of the training loss), and
-the data behind the plots.
+"""Metrics, the reference fits (least squares; the minimizer of the training loss, exact up to
+20,000 training rows), and the data behind the plots.
 
 Everything works a chunk of rows at a time (data.CHUNK_ROWS), so a data file far larger than
 one chunk is never copied whole.
