@@ -109,23 +109,16 @@ def stop_workers(repo: Path, timeout_s: float = 60.0) -> None:
     idle DVC worker lingers for 10 s (DVC's TemporaryWorker timeout) and would take tasks queued
     for it (a `-j 1` run right after a `-j 2` one would get two workers).
 
-    `dvc queue stop` only when they outlive `timeout_s`: sent when a worker has already gone,
-    its shutdown message stays in the queue's broker and stops the next worker of that name
-    the moment it starts, after one task, leaving the rest of the queue unrun."""
-    if _wait_for_no_workers(repo, timeout_s):
-        return
-    dvc(repo, "queue", "stop")
-    if not _wait_for_no_workers(repo, timeout_s):
-        raise RuntimeError(f"queue workers in {repo} still running after {2 * timeout_s} s")
-
-
-def _wait_for_no_workers(repo: Path, timeout_s: float) -> bool:
+    Never `dvc queue stop`: sent when one of the workers has already gone, its shutdown message
+    stays in the queue's broker and stops the next worker of that name the moment it starts,
+    after one task, leaving the rest of the queue unrun."""
     deadline = time.monotonic() + timeout_s
     while _workers(repo):
         if time.monotonic() > deadline:
-            return False
+            raise RuntimeError(
+                f"queue workers in {repo} still running {timeout_s:g} s after the queue emptied"
+            )
         time.sleep(0.5)
-    return True
 
 
 def results(repo: Path, names: Iterable[str]) -> dict[str, dict]:

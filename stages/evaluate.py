@@ -1,6 +1,6 @@
 """Evaluate the trained model against the test set, the closed-form least-squares fit and (for
-the linear model) the minimizer of the training loss (exact up to 20,000 training rows; on more
-rows an approximation, and the stage says so).
+the linear model) the minimizer of the training loss (by iterations bounded by the rows:
+reference.minimizer_converged says whether they converged).
 
 Reads:  params.yaml (data.true_w, data.true_b, data.noise_std, data.target, train.loss),
         models/model.safetensors, data/train.npy, data/test.npy

@@ -8,6 +8,7 @@ from torchreg.evaluation import (
     least_squares,
     mean_loss,
     minimizer,
+    minimizer_fit,
     prediction_errors,
     prediction_rows,
 )
@@ -141,7 +142,35 @@ def test_minimizer_work_is_bounded_by_the_rows_and_says_so(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="torchreg.evaluation"):
         capped = minimizer(rows, "mae")
     assert len(calls) == 1 + 3  # the least-squares start, then 3 IRLS iterations
-    assert "limit of 3 IRLS iteration(s) for 21 training rows" in caplog.text
+    assert "after 3 IRLS iteration(s), the limit for 21 training rows" in caplog.text
     assert "approximation" in caplog.text
     assert mean_loss(capped, rows, "mae") >= mean_loss(exact, rows, "mae")
     assert mean_loss(capped, rows, "mae") < mean_loss(least_squares(rows), rows, "mae")
+
+
+@pytest.mark.parametrize("loss", ["mae", "huber", "mse"])
+@pytest.mark.parametrize("y_of_x", [lambda x: 2 * x + 0.5, lambda x: 0 * x])
+def test_an_exact_fit_gives_no_ratio_and_no_crash(loss, y_of_x, params):
+    """No noise: the minimizer's test MAE can be exactly 0 (and with y = 0 everywhere, 1 / |r|
+    weights would be infinite): the ratio is None, the fit is the exact one, and converged."""
+    x = torch.linspace(-1, 1, 50)[:, None]
+    train, test = torch.cat([x, y_of_x(x)], 1), torch.cat([x / 2, y_of_x(x / 2)], 1)
+    cfg = params.data.model_copy(update={"true_w": [2.0], "true_b": 0.5, "noise_std": 0.0})
+    fit, converged = minimizer_fit(train, loss)
+    assert converged and mean_loss(fit, train, loss) <= 1e-6  # float32 weights
+    metrics = evaluate(fit, cfg, train, test, loss)
+    assert metrics["reference"]["minimizer_converged"] is True
+    if metrics["reference"]["minimizer_test_mae"] == 0:
+        assert metrics["test"]["mae_vs_minimizer"] is None
+
+
+def test_metrics_say_whether_the_minimizer_converged(params, monkeypatch):
+    import torchreg.evaluation as evaluation
+
+    train = torch.from_numpy(make_block(params.data, "train", 0, 500))
+    test = torch.from_numpy(make_block(params.data, "test", 0, 200))
+    model = minimizer(train, "mae")
+    assert evaluate(model, params.data, train, test, "mae")["reference"]["minimizer_converged"]
+    monkeypatch.setattr(evaluation, "IRLS_MAX_ROWS", 2 * 500 * 2)  # 2 iterations: too few
+    capped = evaluate(model, params.data, train, test, "mae")
+    assert capped["reference"]["minimizer_converged"] is False
