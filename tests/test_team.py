@@ -22,15 +22,12 @@ COLUMNS = ["--drop", ".*", "--keep", r"Experiment|train_loss|test\.mae$|train\.l
 
 
 @pytest.fixture(params=["local", "s3"])
-def dvc_remote(request, tmp_path, monkeypatch) -> list[list[str]]:
+def dvc_remote(request, tmp_path) -> list[list[str]]:
     """The commands that make one shared DVC remote the default, for the origin's first commit:
     a folder every clone reaches by the same absolute path, or a bucket on the moto server."""
     if request.param == "local":
         return [["dvc", "remote", "add", "-d", "team", str(tmp_path / "dvc-storage")]]
     url = request.getfixturevalue("s3_server")
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return [
         ["dvc", "remote", "add", "-d", "team", "s3://models/team"],
         ["dvc", "remote", "modify", "team", "endpointurl", url],

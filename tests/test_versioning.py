@@ -52,14 +52,19 @@ def test_tagged_versions_can_be_fetched_and_checked_out(built, tmp_path):
     assert read(built) == v1
 
 
-def test_s3_remote_round_trip(built, tmp_path, s3_server, monkeypatch):
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    run(["dvc", "remote", "add", "s3", "s3://models/store"], built)
-    run(["dvc", "remote", "modify", "s3", "endpointurl", s3_server], built)
-    commit(built, "s3 remote")
-    run(["dvc", "push", "-r", "s3"], built)
+def push_to_s3(repo, url: str, *settings: str) -> None:
+    """Add the moto bucket as remote `s3` (plus `settings`, e.g. "verify", "true"), commit it
+    and push there."""
+    run(["dvc", "remote", "add", "s3", "s3://models/store"], repo)
+    run(["dvc", "remote", "modify", "s3", "endpointurl", url], repo)
+    if settings:
+        run(["dvc", "remote", "modify", "s3", *settings], repo)
+    commit(repo, "s3 remote")
+    run(["dvc", "push", "-r", "s3"], repo)
+
+
+def test_s3_remote_round_trip(built, tmp_path, s3_server):
+    push_to_s3(built, s3_server)
 
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(built), str(clone)], tmp_path)
@@ -109,18 +114,10 @@ def test_a_flipped_byte_in_the_default_remote_is_refused(built, tmp_path):
     print(pull_refuses(built, tmp_path))
 
 
-def test_a_flipped_byte_in_an_s3_remote_is_refused(built, tmp_path, s3_server, monkeypatch):
+def test_a_flipped_byte_in_an_s3_remote_is_refused(built, tmp_path, s3_server):
     import boto3
 
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    # As the README says to add a remote: verify what it sends back.
-    run(["dvc", "remote", "add", "s3", "s3://models/store"], built)
-    run(["dvc", "remote", "modify", "s3", "endpointurl", s3_server], built)
-    run(["dvc", "remote", "modify", "s3", "verify", "true"], built)
-    commit(built, "s3 remote")
-    run(["dvc", "push", "-r", "s3"], built)
+    push_to_s3(built, s3_server, "verify", "true")  # as the README says to add a remote
 
     md5 = md5_of(built, "data/train.npy")
     key = f"store/files/md5/{md5[:2]}/{md5[2:]}"
