@@ -2,7 +2,7 @@
 # One entry point for a fresh clone:
 #   ./run.sh repro [dvc repro options]   set up .venv if needed, then run the pipeline
 #   ./run.sh test  [pytest options]      set up .venv if needed, then run the fast tests
-#   ./run.sh test-all [pytest options]   the same, then every test: the slow end-to-end ones too
+#   ./run.sh test-all [pytest options]   the same set-up, then every test (the slow tier too)
 #   ./run.sh setup                       set up .venv if needed, nothing else
 #   ./run.sh lock  [pip-compile options] regenerate requirements.lock (see tools/lock.sh)
 # Set-up creates .venv with Python >= 3.11 and installs exactly requirements.lock (every

@@ -10,27 +10,21 @@ import time
 from pathlib import Path
 
 from common import ROOT, Table, describe_costs, fresh_copy, measured, stage_costs
-from sweep import queue, queue_grid, results, run_queue, set_params, stop_workers
+from sweep import queue_grid, results, run_queue, set_params, stop_workers
 
 # 8 experiments that change train params only: data comes from the cache, not regenerated.
 # Queued as a user would, in one call: dvc exp run --queue -S train.lr=... -S train.seed=0,1
 GRID = ("train.lr=0.001,0.002,0.005,0.01", "train.seed=0,1")
-N_GRID = 8
+N_GRID = 8  # 4 x 2
 # What a train-params experiment runs: generate is restored from the cache.
 RERUN = ("validate", "train", "evaluate", "plot")
 
 
-def timed_sweep(repo: Path, experiments: dict | tuple, jobs: int) -> tuple[float, float]:
-    """Queue the experiments (named: {name: overrides}; or a grid of sweeps, one call) and run
-    them; return (seconds queueing, seconds from queueing to the last experiment's end). Every
-    experiment must have succeeded."""
+def timed_sweep(repo: Path, sweeps: tuple[str, ...], jobs: int) -> tuple[float, float]:
+    """Queue the grid of `sweeps` in one call and run it; return (seconds queueing, seconds from
+    queueing to the last experiment's end). Every experiment must have succeeded."""
     start = time.perf_counter()
-    if isinstance(experiments, dict):
-        queue(repo, experiments)
-    else:
-        experiments = queue_grid(repo, *experiments)
-        if len(experiments) != N_GRID:
-            raise RuntimeError(f"queued {experiments}, expected {N_GRID} experiments")
+    experiments = queue_grid(repo, *sweeps)
     queued = time.perf_counter() - start
     total = queued + run_queue(repo, jobs, poll_s=0.5)
     stop_workers(repo)
@@ -75,8 +69,7 @@ def bench_sweep(table: Table, repeats: int, work: Path, epochs: int | None) -> N
 
     # One experiment, taken apart: its wall time less its stages run alone is DVC's own work
     # (stash, celery worker pick-up, temp workspace copy, cache checkout, hashing, commit).
-    one_exp = {"breakdown": ["train.lr=0.003"]}
-    runs = [timed_sweep(repo, one_exp, 1) for _ in range(repeats)]
+    runs = [timed_sweep(repo, ("train.lr=0.003",), 1) for _ in range(repeats)]
     queued = statistics.median(q for q, _ in runs)
     wall = statistics.median(t for _, t in runs)
     set_params(repo, train__lr=0.003)  # the same work in the workspace, stage by stage

@@ -40,8 +40,8 @@ def dvc(repo: Path, *args: str, check: bool = True) -> str:
 
 def queue(repo: Path, experiments: Mapping[str, Iterable[str]], shared: Iterable[str] = ()) -> None:
     """Queue one experiment per name with `-S` overrides; old experiments of a name go first.
-    Through the CLI, one call per experiment, exactly as typed by hand (queueing from inside
-    one Python process left all but the first task unrun by the workers)."""
+    Through the CLI, one call per experiment (a name each), exactly as typed by hand; a grid
+    without names goes in one call (queue_grid)."""
     for name in experiments:  # one by one: a name that is not there fails the whole call
         dvc(repo, "exp", "remove", name, check=False)
     for name, overrides in experiments.items():
@@ -54,7 +54,10 @@ def queue_grid(repo: Path, *sweeps: str) -> list[str]:
     experiments) with one `dvc exp run --queue` call, as typed by hand; return the names DVC
     gave them. One DVC start for the whole grid, not one per experiment."""
     out = dvc(repo, "exp", "run", "--queue", *(arg for s in sweeps for arg in ("-S", s)))
-    return re.findall(r"^Queued experiment '([^']+)'", out, flags=re.MULTILINE)
+    names = re.findall(r"^Queued experiment '([^']+)'", out, flags=re.MULTILINE)
+    if not names:
+        raise RuntimeError(f"no queued experiment named in dvc's output:\n{out}")
+    return names
 
 
 def pending(repo: Path) -> int:
