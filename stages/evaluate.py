@@ -2,7 +2,8 @@
 the linear model) the minimizer of the training loss (by iterations bounded by the rows:
 reference.minimizer_converged says whether they converged).
 
-Reads:  params.yaml (data.true_w, data.true_b, data.noise_std, data.target, train.loss),
+Reads:  params.yaml (data.true_w, data.true_b, data.noise_std, data.target, train.loss,
+        compute.cpu),
         models/model.safetensors, data/train.npy, data/test.npy
 Writes: metrics/evaluate.json (test.mae, test.rmse, train.mae, reference.test_mae, ...),
         plots/predictions.tsv (a sample of test rows with predictions),
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from torchreg import cpu
 from torchreg.config import DataConfig, load_params
 from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.errors import DataError
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> dict:
         params = load_params(args.params)
+        cpu.use(params.compute.cpu)
         inputs = (args.model, args.train, args.test)
         return run(params.data, *inputs, out, params.train.loss, own)
 

@@ -2,7 +2,10 @@
 md5 of every output file as JSON: run by test_cpu_independence.py once per forced instruction
 set, in a fresh process each time (the settings under test are read when torch first computes).
 
-    python tests/cpu_digests.py WORKDIR
+    python tests/cpu_digests.py WORKDIR [EPOCHS]
+
+EPOCHS caps every configuration's epochs (the default run's 1000 included): under an emulated
+CPU, a few epochs show any op that rounds differently, in a fraction of the time.
 """
 
 from __future__ import annotations
@@ -21,50 +24,63 @@ import torch  # noqa: E402
 import evaluate  # noqa: E402 - the stage scripts, imported as modules
 import generate  # noqa: E402
 import train  # noqa: E402
+from torchreg import cpu  # noqa: E402
 from torchreg.config import load_params  # noqa: E402
 from torchreg.context import RunContext  # noqa: E402
 
 
 def configs(base):
-    """The default run, then every model x optimizer x loss at a small size."""
+    """(name, params) for the default run, then every model x optimizer x loss, the
+    activations, the lr schedules, weight averaging and the other targets, at a small size."""
+
+    def variant(name, data=None, model=None, **train):
+        optimizer = train.get("optimizer", "sgd")
+        train = {"epochs": 20, "lr": 0.01 if optimizer == "adam" else 0.001, **train}
+        return name, base.model_copy(
+            update={
+                "data": base.data.model_copy(update=data or {}),
+                "model": base.model.model_copy(update=model or {}),
+                "train": base.train.model_copy(update=train),
+            }
+        )
+
     yield "default", base
     for kind, optimizer, loss in itertools.product(
         ["linear", "mlp"], ["sgd", "adam"], ["mae", "mse", "huber"]
     ):
-        lr = 0.01 if optimizer == "adam" else 0.001
-        yield (
-            f"{kind}-{optimizer}-{loss}",
-            base.model_copy(
-                update={
-                    "model": base.model.model_copy(update={"kind": kind}),
-                    "train": base.train.model_copy(
-                        update={"optimizer": optimizer, "loss": loss, "epochs": 20, "lr": lr}
-                    ),
-                }
-            ),
+        yield variant(
+            f"{kind}-{optimizer}-{loss}", None, {"kind": kind}, optimizer=optimizer, loss=loss
         )
     for activation in ("sigmoid", "tanh"):
-        yield (
+        yield variant(
             f"mlp-adam-{activation}",
-            base.model_copy(
-                update={
-                    "model": base.model.model_copy(
-                        update={"kind": "mlp", "activation": activation}
-                    ),
-                    "train": base.train.model_copy(
-                        update={"optimizer": "adam", "epochs": 20, "lr": 0.01}
-                    ),
-                }
-            ),
+            None,
+            {"kind": "mlp", "activation": activation},
+            optimizer="adam",
         )
+    for schedule in ("cosine", "step"):
+        yield variant(f"linear-sgd-{schedule}", lr_schedule=schedule)
+        yield variant(
+            f"mlp-adam-{schedule}", None, {"kind": "mlp"}, optimizer="adam", lr_schedule=schedule
+        )
+    yield variant("linear-sgd-swa", average="swa")
+    yield variant("mlp-adam-swa", None, {"kind": "mlp"}, optimizer="adam", average="swa")
+    for target in ("quadratic", "sine"):
+        yield variant(f"{target}-mlp-adam", {"target": target}, {"kind": "mlp"}, optimizer="adam")
 
 
-def main(workdir: Path) -> None:
-    base = load_params(ROOT / "params.yaml")
-    data = workdir / "data"
-    generate.run(base.data, data / "train.npy", data / "test.npy")
+def main(workdir: Path, epochs: int | None = None) -> None:
+    cpu.use("portable")  # as the stages do: says so on a CPU outside the x86-64-v3 family
     digests = {}
-    for name, params in configs(base):
+    for name, params in configs(load_params(ROOT / "params.yaml")):
+        if epochs is not None:
+            cfg = params.train
+            params = params.model_copy(
+                update={"train": cfg.model_copy(update={"epochs": min(cfg.epochs, epochs)})}
+            )
+        data = workdir / f"data-{params.data.target}"
+        if not data.exists():
+            generate.run(params.data, data / "train.npy", data / "test.npy")
         out = workdir / name
         ctx = RunContext(torch.device("cpu"))
         train.run(params, ctx, data / "train.npy", out / "model.safetensors", out / "dvclive")
@@ -74,6 +90,7 @@ def main(workdir: Path) -> None:
             data / "train.npy",
             data / "test.npy",
             {k: out / f"{k}.out" for k in ("metrics", "predictions", "curves")},
+            params.train.loss,
         )
         for path in sorted(p for p in [*data.iterdir(), *out.rglob("*")] if p.is_file()):
             digests[str(path.relative_to(workdir))] = hashlib.md5(path.read_bytes()).hexdigest()
@@ -81,4 +98,4 @@ def main(workdir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -1,11 +1,18 @@
-"""Same params, same bytes on any x86-64 CPU: train and evaluate under forced instruction sets.
+"""Same params, same bytes on any x86-64 CPU: train and evaluate under forced instruction sets
+and under emulated CPUs.
 
-One machine stands in for others by forcing the knobs by which torch, MKL, oneDNN and NumPy pick
-their kernels. Every run must give byte-identical outputs. A control run of plain torch (without
-the package's settings) shows that the forcing is live: there, the same knobs change the bits.
+One machine stands in for others in two ways. Forcing the knobs by which torch, MKL, oneDNN and
+NumPy pick their kernels shows the code paths of one CPU. Emulating whole CPUs of both vendors
+(`qemu-x86_64 -cpu MODEL`: CPUID reports that CPU, vendor included, so MKL, ATen, NumPy and the
+C library dispatch as they would on it) shows what forcing cannot: library code that rounds
+differently per CPU model or vendor. Every run must give byte-identical outputs within a family
+of CPUs (torchreg.cpu). Control runs of plain torch (without the package's settings) show that
+the forcing and the emulation are live: there, they change the bits.
 """
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +100,81 @@ def test_the_forcing_is_live_without_the_package_settings():
 
     assert plain(MKL_ENABLE_INSTRUCTIONS="SSE4_2") != plain(MKL_ENABLE_INSTRUCTIONS="AVX2")
     assert plain(ATEN_CPU_CAPABILITY="default") != plain(ATEN_CPU_CAPABILITY="avx2")
+
+
+# Emulated CPUs: x86-64-v3 (AVX2 and FMA), both vendors, gives the bytes of this machine; the
+# baseline family (no AVX2) gives bytes of its own, the same on each of its CPUs (Intel only:
+# AMD models without AVX2 stop at an illegal instruction while importing torch under qemu).
+V3_CPUS = ("Haswell-v4", "EPYC-Rome")
+BASELINE_CPUS = ("Nehalem", "SandyBridge")
+EMULATED_EPOCHS = 3  # any op that rounds differently shows in the first steps
+QEMU = shutil.which("qemu-x86_64")
+needs_qemu = pytest.mark.skipif(
+    QEMU is None and not os.environ.get("CI"),
+    reason="qemu-user is not installed (apt-get install qemu-user; CI installs it)",
+)
+
+
+def emulated(cpu: str | None, args: list[str], **forced: str) -> subprocess.Popen:
+    """A Python process of this venv, under an emulated `cpu` (None: this CPU)."""
+    prefix = [] if cpu is None else [QEMU or "qemu-x86_64", "-cpu", cpu]
+    return subprocess.Popen(
+        [*prefix, sys.executable, *args],
+        env=subprocess_env(ROOT / "src", drop=KNOBS, **forced),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def emulated_digests(tmp_path_factory) -> dict[str, dict[str, str]]:
+    """Digests of every configuration, natively and under each emulated CPU, all at once."""
+    work = tmp_path_factory.mktemp("emulated")
+    args = [str(HERE / "cpu_digests.py")]
+    runs = {
+        cpu: emulated(None if cpu == "native" else cpu, [*args, str(work / cpu), "3"])
+        for cpu in ("native", *V3_CPUS, *BASELINE_CPUS)
+    }
+    results = {}
+    for cpu, proc in runs.items():
+        out, err = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, f"{cpu}: {err[-2000:]}"
+        results[cpu] = json.loads(out)
+        results[cpu + " log"] = err
+    return results
+
+
+@needs_qemu
+@pytest.mark.parametrize("cpu", V3_CPUS)
+def test_emulated_cpus_with_avx2_give_the_bytes_of_this_one(emulated_digests, cpu):
+    if "avx2" not in FLAGS or "fma" not in FLAGS:
+        pytest.skip("this CPU is not of the x86-64-v3 family: nothing native to compare with")
+    native, got = emulated_digests["native"], emulated_digests[cpu]
+    assert len(got) == len(native) > 100
+    differ = sorted(name for name in got if got[name] != native[name])
+    assert not differ, f"under an emulated {cpu}: {differ}"
+
+
+@needs_qemu
+def test_emulated_cpus_without_avx2_agree_and_are_told_so(emulated_digests):
+    first, second = (emulated_digests[cpu] for cpu in BASELINE_CPUS)
+    assert len(first) == len(second) > 100
+    differ = sorted(name for name in first if first[name] != second[name])
+    assert not differ, f"{BASELINE_CPUS}: {differ}"
+    for cpu in BASELINE_CPUS:
+        assert "x86-64 baseline family" in emulated_digests[cpu + " log"]
+    # Not the v3 family's bytes: that is what the line says.
+    native = emulated_digests["native"]
+    assert any(first[name] != native[name] for name in first)
+
+
+@needs_qemu
+def test_the_emulation_is_live_without_the_package_settings():
+    """Plain torch (its own Adam, MKL's and ATen's own choices): emulated CPUs of both vendors
+    give other bits than this one, so the emulation does show what differs."""
+    runs = {cpu: emulated(cpu, ["-c", CONTROL]) for cpu in (None, *V3_CPUS)}
+    digests = {cpu: proc.communicate(timeout=600)[0].strip() for cpu, proc in runs.items()}
+    assert all(digests.values()), digests
+    for cpu in V3_CPUS:
+        assert digests[cpu] != digests[None], f"plain torch under {cpu} matched this CPU"

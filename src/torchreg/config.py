@@ -114,11 +114,18 @@ class PlotConfig(_Section):
     feature: Int = Field(ge=0)
 
 
+class ComputeConfig(_Section):
+    # portable: the same bytes on every x86-64 CPU of a family; native: this CPU's fastest
+    # kernels, bytes may differ between machines (torchreg.cpu).
+    cpu: Literal["portable", "native"] = "portable"
+
+
 class Params(_Section):
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
     plot: PlotConfig
+    compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
     def _feature_exists(self) -> Params:

@@ -306,8 +306,13 @@ class FastLinearSGD(Step):
 class AutogradStep(Step):
     def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
         self.model, self.loss_fn = model, LOSSES[cfg.loss]
-        optimizer_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam
-        self.optimizer = optimizer_cls(model.parameters(), lr=cfg.lr)
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+        else:
+            # fused: one kernel per tensor whose square root is the exact instruction. The
+            # default (per-op) Adam hands its sqrt to MKL's vector maths, which is not
+            # correctly rounded and gives other bits on another CPU (README, "Same bytes").
+            self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self.average_start = average_start_epoch(cfg)
         # The plain module, not its DDP wrapper: every rank holds the same weights after a step.
