@@ -3,7 +3,7 @@ the linear model) the minimizer of the training loss (by iterations bounded by t
 reference.minimizer_converged says whether they converged).
 
 Reads:  params.yaml (data.true_w, data.true_b, data.noise_std, data.target, train.loss,
-        compute.cpu),
+        compute.cpu), environment.yaml,
         models/model.safetensors, data/train.npy, data/test.npy
 Writes: metrics/evaluate.json (test.mae, test.rmse, train.mae, reference.test_mae, ...),
         plots/predictions.tsv (a sample of test rows with predictions),
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from torchreg import cpu
+from torchreg import cpu, environment
 from torchreg.config import DataConfig, load_params
 from torchreg.data import GENERATE_HINT, DataFile
+from torchreg.environment import ENVIRONMENT_FILE
 from torchreg.errors import DataError
 from torchreg.evaluation import SAMPLE_ROWS, curve_rows, evaluate, prediction_rows
 from torchreg.files import write_json, write_tsv
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     def body() -> dict:
         params = load_params(args.params)
         cpu.use(params.compute.cpu)
+        environment.check("evaluate", params.compute.cpu, args.params.parent / ENVIRONMENT_FILE)
         inputs = (args.model, args.train, args.test)
         return run(params.data, *inputs, out, params.train.loss, own)
 

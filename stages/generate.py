@@ -1,6 +1,6 @@
 """Generate the synthetic train and test sets: y = f(x) + N(0, noise_std), x ~ N(0, 1).
 
-Reads:  params.yaml (data.*)
+Reads:  params.yaml (data.*), environment.yaml (numpy)
 Writes: data/train.npy, data/test.npy  (float32, rows x (features + 1): the features, then y)
 """
 
@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from torchreg import environment
 from torchreg.config import DataConfig, load_params
 from torchreg.data import check_disk, nbytes, write_dataset
+from torchreg.environment import ENVIRONMENT_FILE
 from torchreg.stage import run_main, stage_parser
 
 log = logging.getLogger("generate")
@@ -35,7 +37,13 @@ def main(argv: list[str] | None = None) -> None:
         "--test", type=Path, default=Path("data/test.npy"), help="where to write the test set"
     )
     args = parser.parse_args(argv)
-    run_main("generate", lambda: run(load_params(args.params).data, args.train, args.test))
+
+    def body() -> None:
+        params = load_params(args.params)
+        environment.check("generate", path=args.params.parent / ENVIRONMENT_FILE)
+        run(params.data, args.train, args.test)
+
+    run_main("generate", body)
 
 
 if __name__ == "__main__":

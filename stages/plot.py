@@ -1,8 +1,9 @@
 """Draw the pictures: the tutorial's feature-vs-y fit, the loss curve, predicted vs actual, and
 the residuals. Uses matplotlib only (no torch), from the tables the other stages wrote.
 
-Reads:  params.yaml (plot.feature, train.loss), dvclive/plots/metrics/train_loss.tsv,
-        plots/predictions.tsv, plots/curves.tsv, metrics/evaluate.json
+Reads:  params.yaml (plot.feature, train.loss), environment.yaml,
+        dvclive/plots/metrics/train_loss.tsv, plots/predictions.tsv, plots/curves.tsv,
+        metrics/evaluate.json
 Writes: plots/fit.png, plots/loss.png, plots/predicted_vs_actual.png, plots/residuals.png
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from torchreg import environment
 from torchreg.config import Params, load_params
+from torchreg.environment import ENVIRONMENT_FILE
 from torchreg.errors import DataError
 from torchreg.files import read_json, read_tsv
 from torchreg.plotting import fit_figure, loss_figure, predicted_figure, residual_figure, save
@@ -96,7 +99,13 @@ def main(argv: list[str] | None = None) -> None:
         "curves": args.curves,
         "metrics": args.metrics,
     }
-    run_main("plot", lambda: run(load_params(args.params), inputs, args.out_dir))
+
+    def body() -> None:
+        params = load_params(args.params)
+        environment.check("plot", path=args.params.parent / ENVIRONMENT_FILE)
+        run(params, inputs, args.out_dir)
+
+    run_main("plot", body)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Train the model with mini-batch gradient descent and log the loss curve with DVCLive.
 
-Reads:  params.yaml (model.*, train.*, compute.cpu), data/train.npy
+Reads:  params.yaml (model.*, train.*, compute.cpu), environment.yaml, data/train.npy
 Writes: models/model.safetensors (weights, with the model config in its metadata),
         dvclive/metrics.json (the latest train_loss, updated while training),
         dvclive/plots/metrics/train_loss.tsv (one row per epoch, appended as epochs finish)
@@ -17,11 +17,12 @@ import logging
 import sys
 from pathlib import Path
 
-from torchreg import cpu
+from torchreg import cpu, environment
 from torchreg.budget import check_memory, check_processes, train_bytes
 from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
+from torchreg.environment import ENVIRONMENT_FILE
 from torchreg.model import build_model, save_model
 from torchreg.stage import run_main, stage_parser
 from torchreg.tracking import LiveLog, Progress
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     def body() -> None:
         params = load_params(args.params)
         cpu.use(params.compute.cpu)
+        environment.check("train", params.compute.cpu, args.params.parent / ENVIRONMENT_FILE)
         if not under_torchrun():  # checked once, by the process that starts the run
             hint = GENERATE_HINT if args.data == parser.get_default("data") else None
             check_budget(params, DataFile(args.data, hint))

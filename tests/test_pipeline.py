@@ -80,5 +80,5 @@ def test_typo_in_section_name_is_refused(repo):
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("generate: error: ")
-    assert "params.yaml: unknown key 'trian' (allowed: data, model, train, plot)" in line
+    assert "params.yaml: unknown key 'trian' (allowed: data, model, train, plot, compute)" in line
     assert "params.yaml: train is missing" in line

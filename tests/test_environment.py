@@ -1,0 +1,127 @@
+"""The environment as a pipeline input (environment.yaml), the CPU modes, and the CPU-independent
+maths: recorded versions rerun exactly the stages they affect, a false record is refused."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from support import ROOT, run, run_stage
+from torchreg import cpu, environment, fixedmath
+from torchreg.errors import ConfigError
+
+
+def test_each_stage_checks_the_keys_dvc_yaml_gives_it():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, keys in environment.STAGE_KEYS.items():
+        listed = [p["environment.yaml"] for p in stages[name]["params"] if isinstance(p, dict)]
+        assert listed == [list(keys)], name
+    # every stage that computes with a package in the record depends on it
+    assert {name for name in stages if name != "validate"} == set(environment.STAGE_KEYS)
+
+
+def test_the_committed_record_is_true_on_this_machine():
+    """CI installs the lock, so the record (written on the same kind of machine) holds."""
+    assert environment.recorded(ROOT / "environment.yaml") == environment.found()
+
+
+def test_a_false_record_is_refused_in_one_line_naming_what_differs(tmp_path):
+    path = tmp_path / "environment.yaml"
+    environment.record(path)
+    environment.check("train", path=path)  # true: nothing raised
+    path.write_text(path.read_text().replace('torch: "', 'torch: "0.1-'))
+    with pytest.raises(ConfigError) as info:
+        environment.check("train", path=path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "torch '0.1-" in message and f"has {environment.found()['torch']!r}" in message
+    assert environment.RECORD in message
+    environment.check("generate", path=path)  # generate does not use torch: it may run
+
+
+def test_the_cpu_family_is_checked_in_portable_mode_only(tmp_path):
+    path = tmp_path / "environment.yaml"
+    environment.record(path)
+    path.write_text(path.read_text().replace('cpu: "', 'cpu: "another '))
+    with pytest.raises(ConfigError, match="cpu 'another "):
+        environment.check("evaluate", "portable", path)
+    environment.check("evaluate", "native", path)  # native promises nothing across machines
+
+
+def test_a_missing_record_names_the_command_that_writes_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"not found.*python -m torchreg.environment"):
+        environment.check("plot", path=tmp_path / "environment.yaml")
+
+
+def test_cpu_modes_set_and_undo_the_settings(monkeypatch):
+    for key in cpu.portable_settings():
+        monkeypatch.setenv(key, "sentinel")
+    cpu.use("native")
+    assert not set(cpu.portable_settings()) & set(os.environ)
+    cpu.use("portable")
+    assert {k: os.environ[k] for k in cpu.portable_settings()} == cpu.portable_settings()
+
+
+@pytest.mark.parametrize(
+    "flags,capability,name",
+    [
+        ({"sse4_2", "avx", "avx2", "fma"}, "avx2", "x86-64-v3"),
+        ({"sse4_2", "avx", "fma"}, "default", "x86-64 baseline"),  # AVX + FMA, no AVX2
+        ({"sse4_2", "avx", "avx2"}, "default", "x86-64 baseline"),  # AVX2 without FMA
+    ],
+)
+def test_the_family_follows_avx2_and_fma(monkeypatch, caplog, flags, capability, name):
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    assert cpu.family() == name
+    assert cpu.portable_settings()["ATEN_CPU_CAPABILITY"] == capability
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    cpu.use("portable")
+    told = [r.getMessage() for r in caplog.records if "family" in r.getMessage()]
+    assert bool(told) == (name != "x86-64-v3")
+
+
+def test_fixed_sin_and_exp_are_within_two_units_in_the_last_place():
+    x = np.random.default_rng(0).standard_normal(200_000) * 6
+    x = np.concatenate([x, np.arange(-40, 41) * (math.pi / 4), [0.0, -0.0, 1e-300]])
+    for ours, oracle in ((fixedmath.sin, math.sin), (fixedmath.exp, math.exp)):
+        got = ours(x)
+        want = np.array([oracle(v) for v in x])
+        ulps = np.abs(got - want) / np.spacing(np.maximum(np.abs(want), 1e-300))
+        assert ulps.max() <= 2, ours.__name__
+    assert fixedmath.exp(np.array([-800.0, 800.0])).tolist() == [0.0, math.inf]
+    with pytest.raises(ValueError, match="needs"):
+        fixedmath.sin(np.array([1e6]))
+
+
+def fake_version(repo, package: str, version: str) -> None:
+    """Make `package` report `version` to the stages (PYTHONPATH=src sees this dist-info
+    first), as an upgrade would, without changing what is installed."""
+    info = repo / "src" / f"{package}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
+
+
+def ran_stages(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.mark.slow
+def test_a_new_recorded_version_reruns_the_stages_it_affects_and_only_those(built):
+    record = ["python", "-m", "torchreg.environment"]
+    fake_version(built, "pillow", "99.0")
+    stale = run_stage(built, "plot")  # the record says otherwise: refused, nothing drawn
+    assert stale.returncode == 2
+    assert "records pillow" in stale.stderr and len(stale.stderr.strip().splitlines()) == 1
+    run(record, built)
+    assert ran_stages(run(["dvc", "repro"], built).stdout) == {"plot"}
+    fake_version(built, "torch", "99.0")
+    run(record, built)
+    assert ran_stages(run(["dvc", "repro"], built).stdout) == {"train", "evaluate"}
+    assert ran_stages(run(["dvc", "repro"], built).stdout) == set()
+    shown = run(["dvc", "exp", "show", "--json"], built).stdout
+    assert '"torch": "99.0"' in shown
