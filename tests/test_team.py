@@ -18,7 +18,7 @@ MODEL = "models/model.safetensors"
 # Machine -> (experiment name, train.lr); the `repo` fixture's baseline lr is 0.05.
 SWEEP = {"a": ("lr-0.1", "0.1"), "b": ("lr-0.02", "0.02")}
 # The columns worth reading in the transcript (dvc exp show has one per param and metric).
-COLUMNS = ["--drop", ".*", "--keep", r"Experiment|train_loss|test\.mae$|train\.lr"]
+COLUMNS = ["--drop", ".*", "--keep", r"Experiment|train_loss|test\.mae$|train\.lr$"]
 
 
 @pytest.fixture(params=["local", "s3"])

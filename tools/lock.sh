@@ -24,9 +24,11 @@ if [ ! -x .venv-lock/bin/pip-compile ]; then
   "$python" -m venv .venv-lock
   .venv-lock/bin/python -m pip install --quiet pip-tools==7.6.2
 fi
+# pip's retries are bounded (--pip-args): an index that does not answer fails the lock in about
+# a minute per request instead of pip's default of several.
 CUSTOM_COMPILE_COMMAND="./run.sh lock" .venv-lock/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --all-extras \
   ${torch_index:+--extra-index-url "$torch_index"} --no-emit-index-url --no-emit-find-links \
-  --output-file requirements.lock "$@" pyproject.toml
+  --pip-args "--timeout 15 --retries 2" --output-file requirements.lock "$@" pyproject.toml
 
 # Drop torch's hashes (see above), leaving one plain line `torch==X+cpu`.
 awk '
