@@ -5,8 +5,10 @@ On a nonlinear target (data.target = quadratic) it queues, and runs with `dvc qu
   mlp, none        stacked Linear layers with nothing between them: still one linear map
   mlp, sigmoid / tanh / relu   the same stack with an activation
 then writes docs/activations.json (each run's metrics and learned curve), docs/activations.png
-(the figure) and the table, between the `activations` markers of docs/activations.md. Run
-from the repo root, with a committed baseline:
+(the figure) and the table, between the `activations` markers of docs/activations.md. The
+experiments start from the committed params.yaml (git HEAD's) plus the settings below; a
+workspace params.yaml that differs is refused unless --workspace says to use it. Run from the
+repo root, with a committed baseline:
   python experiments/activations.py [--jobs 2]
 `--redraw` rebuilds the table and figure from docs/activations.json alone, without running the
 experiments again.
@@ -22,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import matplotlib
@@ -211,13 +214,20 @@ def write(record: dict, out_dir: Path, page: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--jobs", type=int, default=2, help="queue workers (default 2)")
     parser.add_argument("--epochs", type=int, default=200, help="train.epochs for every run")
-    parser.add_argument("--out-dir", type=Path, default=Path("docs"))
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("docs"), help="where the figure and record go"
+    )
     parser.add_argument(
         "--page", type=Path, default=Path("docs/activations.md"), help="the page with the table"
+    )
+    parser.add_argument(
+        "--workspace",
+        action="store_true",
+        help="start from the workspace's params.yaml even where it differs from git HEAD's",
     )
     parser.add_argument(
         "--redraw",
@@ -231,8 +241,35 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     repo = Path.cwd()
+    # Queued experiments start from the workspace, uncommitted changes included.
+    changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "params.yaml"]).returncode
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    if changed and not args.workspace:
+        print(
+            f"activations: error: params.yaml differs from git HEAD's ({head or 'no commit'}): "
+            "commit it or restore it (git checkout params.yaml), or pass --workspace to start "
+            "from it as it is",
+            file=sys.stderr,
+        )
+        return 2
+    source = "the workspace's params.yaml" if changed else f"params.yaml at git HEAD ({head})"
+    n = len(VARIANTS)
+    print(f"activations: {n} experiments from {source}, {args.jobs} workers", file=sys.stderr)
     queue(repo, VARIANTS, shared=[*SHARED, f"train.epochs={args.epochs}"])
-    seconds = run_queue(repo, args.jobs)
+    start = time.perf_counter()
+
+    def progress(left: int) -> None:
+        done = n - left
+        print(
+            f"activations: {done} of {n} done ({time.perf_counter() - start:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    seconds = run_queue(repo, args.jobs, progress=progress)
+    print(f"activations: {n} of {n} done ({seconds:.0f} s)", file=sys.stderr)
     found = results(repo, VARIANTS)
     failed = [n for n in VARIANTS if found.get(n, {}).get("state") != "Success"]
     if failed:
