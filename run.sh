@@ -36,10 +36,21 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$python" -m venv .venv
   pip=(.venv/bin/python -m pip install --quiet --no-deps)
   torch=$(grep -m1 '^torch==' requirements.lock)
+  torch_index=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
   # torch has no hash in the lock (see tools/lock.sh). A wheel already in pip's find-links (a
-  # local wheelhouse) is used without asking the network; else PyTorch's CPU index has it.
-  "${pip[@]}" --no-index "$torch" 2>/dev/null ||
-    "${pip[@]}" --extra-index-url https://download.pytorch.org/whl/cpu "$torch"
+  # local wheelhouse: PIP_FIND_LINKS or pip.conf) is used without asking the network; else
+  # PyTorch's CPU index has it. pip's own retries are bounded: an index that does not answer
+  # costs about a minute, not pip's default of several.
+  if ! "${pip[@]}" --no-index "$torch" 2>/dev/null; then
+    echo "run.sh: $torch is not in pip's find-links; fetching it from ${torch_index:-nowhere (TORCH_INDEX_URL is empty)}" >&2
+    if [ -z "$torch_index" ] ||
+      ! "${pip[@]}" --timeout 15 --retries 2 --extra-index-url "$torch_index" "$torch"; then
+      echo "run.sh: error: cannot install $torch: put its wheel in a folder and run" \
+        "PIP_FIND_LINKS=/that/folder ./run.sh setup, or name an index that has it with" \
+        "TORCH_INDEX_URL=<url> ./run.sh setup (see docs/dependencies.md)" >&2
+      exit 2
+    fi
+  fi
   grep -v '^torch==' requirements.lock >.venv/requirements-hashed.txt
   "${pip[@]}" --require-hashes -r .venv/requirements-hashed.txt
   # The project itself, editable; its build backend (setuptools) is in the lock.
@@ -53,7 +64,19 @@ command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
   setup) ;;
-  repro) exec dvc repro "$@" ;;
+  repro)
+    dvc repro "$@"
+    # The headline, also when DVC skipped evaluate (its outputs were up to date) and printed none.
+    python - <<'PY'
+import json, pathlib
+path = pathlib.Path("metrics/evaluate.json")
+if path.exists():
+    m = json.loads(path.read_text())
+    print(f"run.sh: {path}: test MAE {m['test']['mae']:.6g} (closed-form reference "
+          f"{m['reference']['test_mae']:.6g}, noise floor {m['noise_floor_mae']:.6g}); "
+          "all metrics: dvc metrics show", flush=True)
+PY
+    ;;
   # The fast tier (a minute or two); `-m slow` after it runs the slow tier alone.
   test) exec python -m pytest -m "not slow" "$@" ;;
   test-all) exec python -m pytest "$@" ;;

@@ -2,15 +2,19 @@
 results. Used by experiments/activations.py, the benchmark and the tests; every call takes the
 repository it works on, and everything goes through DVC (CLI or `dvc.api`), so what works here
 works the same typed by hand.
+
+A library, not a command: import it (`sys.path.insert(0, "experiments")`, then `from sweep
+import queue, run_queue, results`), as experiments/activations.py does.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -69,9 +73,12 @@ def pending(repo: Path) -> int:
     return sum(task["status"] in ("Queued", "Running") for task in tasks)
 
 
-def run_queue(repo: Path, jobs: int, poll_s: float = 1.0) -> float:
+def run_queue(
+    repo: Path, jobs: int, poll_s: float = 1.0, progress: Callable[[int], None] | None = None
+) -> float:
     """Start `jobs` workers and wait until nothing is queued or running; return the wall time
-    from the start to the end of the last experiment.
+    from the start to the end of the last experiment. `progress`, if given, is called with the
+    number of experiments still queued or running whenever it changes.
 
     The workers' output goes to a file: they outlive `dvc queue start`, and a pipe they inherit
     would keep its reader waiting until they exit. The end is when the last experiment's git
@@ -86,8 +93,11 @@ def run_queue(repo: Path, jobs: int, poll_s: float = 1.0) -> float:
             stderr=log,
             check=True,
         )
-    idle_since = None
-    while pending(repo):
+    idle_since, left = None, None
+    while now := pending(repo):
+        if progress and now != left:
+            progress(now)
+        left = now
         time.sleep(poll_s)
         if _workers(repo):
             idle_since = None
@@ -137,3 +147,10 @@ def results(repo: Path, names: Iterable[str]) -> dict[str, dict]:
                 "row": row,
             }
     return found
+
+
+if __name__ == "__main__":
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
+    sys.exit("sweep: a library with nothing to run; see --help")

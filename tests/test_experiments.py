@@ -132,8 +132,8 @@ def test_activation_lesson_script(built):
     )
     assert "| mlp none |" in result.stdout and "| mlp relu |" in result.stdout
     assert (built / "docs/activations.png").stat().st_size > 10_000
-    readme = (built / "README.md").read_text()
-    assert "| linear |" in readme.split("activations:start")[1].split("activations:end")[0]
+    page = (built / "docs/activations.md").read_text()
+    assert "| linear |" in page.split("activations:start")[1].split("activations:end")[0]
 
 
 def test_every_param_can_be_set_with_dash_s(repo):

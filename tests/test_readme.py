@@ -1,15 +1,11 @@
-"""The README is executed: its walkthroughs, replayed from a fresh clone as a newcomer would.
+"""The documentation is executed: the README's walkthroughs, then every page under docs/,
+replayed from a fresh clone as a newcomer would.
 
-What is replayed, in README order, in one clone:
-- the Quick start's ```bash block: its commands, one per line (the output is not shown there),
-  except `./run.sh test`, the suite this test belongs to;
-- every ```console block, a transcript. A line starting with `$ ` is a command; the lines up to
-  the next command are what it prints (stdout and stderr together). Every shown line must
-  match a line of the real output, a different one each; other lines may come between, in any
-  order (a parallel sweep finishes in any order). Runs of spaces count as one; blank lines and
-  lines of just `...` (lines left out) are not checked. `...` within a line stands for any
-  text (times, hashes, random experiment names). A line `[N]` says the command exits with
-  status N; without one it must succeed.
+What is replayed, page by page in transcripts.PAGES order, in one clone and one shell: the
+Quick start's ```bash block (its commands, one per line, except `./run.sh test`, the suite
+this test belongs to) and every ```console block, a transcript, checked as transcripts.py
+describes. Every other block of commands is marked as not replayed, and says why (checked
+here, fast).
 
 The clone is made with `git clone` from a git repo of the working tree's tracked files, in a
 clean environment: HOME an empty folder, no git identity (no GIT_AUTHOR_*/GIT_COMMITTER_*, no
@@ -22,96 +18,55 @@ previous command left (so `cd` and `source .venv/bin/activate` carry over, as in
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from support import ROOT, run
+from transcripts import (
+    PAGES,
+    Block,
+    Command,
+    blocks,
+    docs_pages,
+    is_replayed,
+    missing_lines,
+    parse_transcript,
+    unmarked,
+)
 
-README = ROOT / "README.md"
 CLONE_URL = "<repo-url>"  # the placeholder the Quick start clones from
 NOT_REPLAYED = ("./run.sh test",)  # would run this very suite again, inside itself
 TIMEOUT_S = 900  # per command: the first `./run.sh repro` installs torch and dvc
 
 
 @dataclass
-class Command:
-    line: str
-    expected: list[str] = field(default_factory=list)  # shown output lines, blanks dropped
-    status: int = 0
-
-
-@dataclass
 class Walkthrough:
-    section: str  # the README heading it stands under
+    section: str  # the heading it stands under (the page too, past the README)
     commands: list[Command]
 
 
-def parse(text: str) -> list[Walkthrough]:
-    """The replayed blocks of the README, grouped by section, in order."""
+def parse(pages: list[str], texts: dict[str, str] | None = None) -> list[Walkthrough]:
+    """The replayed blocks of the pages, grouped by page and section, in order."""
     walkthroughs: dict[str, list[Command]] = {}
-    section, fence, block = "", None, []
-    for line in text.splitlines():
-        if fence is None:
-            if line.startswith("#"):
-                section = line.lstrip("#").strip()
-            elif line.startswith("```"):
-                fence, block = line[3:].strip(), []
-            continue
-        if line.strip() != "```":
-            block.append(line)
-            continue
-        if fence == "console":
-            walkthroughs.setdefault(section, []).extend(parse_transcript(block))
-        elif fence == "bash" and section == "Quick start":
-            walkthroughs.setdefault(section, []).extend(
-                Command(cmd)
-                for cmd in (b.strip() for b in block)
-                if cmd and not cmd.startswith("#") and not cmd.startswith(NOT_REPLAYED)
-            )
-        fence = None
+    for page in pages:
+        for block in blocks(page, (texts or {}).get(page)):
+            if not is_replayed(block):
+                continue
+            name = block.section if page == "README.md" else f"{page}: {block.section}"
+            if block.fence == "console":
+                commands = parse_transcript(block.lines)
+            else:
+                commands = [
+                    Command(cmd)
+                    for cmd in (b.strip() for b in block.lines)
+                    if cmd and not cmd.startswith("#") and not cmd.startswith(NOT_REPLAYED)
+                ]
+            walkthroughs.setdefault(name, []).extend(commands)
     return [Walkthrough(s, cmds) for s, cmds in walkthroughs.items()]
-
-
-def parse_transcript(block: list[str]) -> list[Command]:
-    commands: list[Command] = []
-    for line in block:
-        if line.startswith("$ "):
-            commands.append(Command(line[2:]))
-        elif not commands:
-            raise ValueError(f"README transcript: output before any command: {line!r}")
-        elif re.fullmatch(r"\[\d+\]", line.strip()):
-            commands[-1].status = int(line.strip()[1:-1])
-        elif line.strip() and line.strip() != "...":
-            commands[-1].expected.append(line)
-    return commands
-
-
-def normalize(line: str) -> str:
-    return " ".join(line.split())
-
-
-def line_pattern(shown: str) -> re.Pattern:
-    return re.compile(".*".join(re.escape(part) for part in normalize(shown).split("...")))
-
-
-def missing_lines(expected: list[str], output: str) -> list[str]:
-    """The shown lines that match no line of the output (an empty list: all found)."""
-    unused = [normalize(line) for line in output.splitlines()]
-    missing = []
-    # The most specific lines first, so that `... Success` cannot take the `too-fast` line.
-    for shown in sorted(expected, key=lambda line: line.count("...")):
-        pattern = line_pattern(shown)
-        match = next((i for i, line in enumerate(unused) if pattern.fullmatch(line)), None)
-        if match is None:
-            missing.append(shown)
-        else:
-            del unused[match]
-    return missing
 
 
 class Shell:
@@ -189,13 +144,40 @@ def shell(tmp_path_factory):
     return sh
 
 
-WALKTHROUGHS = parse(README.read_text())
+WALKTHROUGHS = parse(PAGES)
+
+
+def test_every_page_is_replayed_in_order():
+    assert set(PAGES) == docs_pages(), "list every page under docs/ in transcripts.PAGES"
+    assert PAGES[0] == "README.md"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_block_is_replayed_or_marked(page):
+    wrong = [f"{b.section}: {why}" for b in blocks(page) if (why := unmarked(b))]
+    assert not wrong, f"{page}: {wrong}"
+
+
+def test_block_rules():
+    def block(fence, *lines, section="Usage"):
+        return Block("docs/x.md", section, fence, list(lines))
+
+    assert unmarked(block("console", "$ dvc repro")) is None
+    assert unmarked(block("text", "dvc.yaml   the pipeline")) is None
+    assert unmarked(block("text", "$ dvc repro"))  # a transcript in disguise
+    assert unmarked(block("bash", "dvc repro"))
+    assert unmarked(block("", "[a] $ dvc exp run"))
+    assert unmarked(block("bash", "# illustrative: needs a browser", "dvc plots show")) is None
+    assert unmarked(block("", "# checked by tests/test_team.py", "[a] $ dvc exp run")) is None
+    quick = Block("README.md", "Quick start", "bash", ["./run.sh repro"])
+    assert unmarked(quick) is None and is_replayed(quick)
 
 
 def test_readme_has_the_walkthroughs():
     sections = [w.section for w in WALKTHROUGHS]
     assert sections[0] == "Quick start", sections
     assert any("git clone" in c.line for c in WALKTHROUGHS[0].commands)
+    assert any(s.startswith("docs/") for s in sections), sections  # the pages are replayed too
     lines = [c.line for w in WALKTHROUGHS for c in w.commands]
     for needed in (
         "git config user.name",
@@ -206,6 +188,16 @@ def test_readme_has_the_walkthroughs():
     ):
         assert any(needed in line for line in lines), needed
     assert any(c.status for w in WALKTHROUGHS for c in w.commands)  # a failure is shown too
+
+
+def test_pages_are_parsed_in_order():
+    texts = {
+        "README.md": "## Quick start\n```bash\ngit clone x\n./run.sh test\n```\n",
+        "docs/b.md": "# B\n## Use\n```console\n$ false\n[1]\n```\n",
+    }
+    quick, use = parse(["README.md", "docs/b.md"], texts)
+    assert (quick.section, [c.line for c in quick.commands]) == ("Quick start", ["git clone x"])
+    assert (use.section, use.commands[0].status) == ("docs/b.md: Use", 1)
 
 
 def test_transcript_matching():
@@ -233,7 +225,7 @@ def test_walkthrough(shell, walkthrough):
         result = shell.run(command.line.replace(CLONE_URL, str(shell.upstream)))
         missing = missing_lines(command.expected, result.stdout)
         assert result.returncode == command.status and not missing, (
-            f"README, {walkthrough.section}: $ {command.line}\n"
+            f"{walkthrough.section}: $ {command.line}\n"
             f"exit status {result.returncode} (README: {command.status})\n"
             f"not in the output: {missing}\n--- output ---\n{result.stdout}"
         )

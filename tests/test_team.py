@@ -1,24 +1,24 @@
 """Many machines, one experiment history: three clones of one bare git origin share their
 experiments through `dvc exp push` / `dvc exp pull` and one DVC remote (a folder or S3).
 
-Run with `-rP` to see the transcript (each command and its real output), as in README's
-"Working as a team".
+Run with `-rP` to see the transcript (each command and its real output): docs/team.md shows
+it, and the test checks that every line the page shows is in it.
 """
 
 import json
+import re
 import shlex
 
 import pytest
 
 from support import run
-
-pytestmark = pytest.mark.slow
+from transcripts import blocks, missing_lines
 
 MODEL = "models/model.safetensors"
 # Machine -> (experiment name, train.lr); the `repo` fixture's baseline lr is 0.05.
 SWEEP = {"a": ("lr-0.1", "0.1"), "b": ("lr-0.02", "0.02")}
 # The columns worth reading in the transcript (dvc exp show has one per param and metric).
-COLUMNS = ["--drop", ".*", "--keep", r"Experiment|train_loss|test\.mae$|train\.lr"]
+COLUMNS = ["--drop", ".*", "--keep", r"Experiment|train_loss|test\.mae$|train\.lr$"]
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -64,7 +64,56 @@ def scalars(tree):
     return tree
 
 
-def test_three_machines_share_one_experiment_history(repo, tmp_path, dvc_remote):
+PROMPT = re.compile(r"\[\w\] \$ ")
+
+
+def by_command(transcript: list[str]) -> list[tuple[str, list[str]]]:
+    """`[a] $ command` lines, each with the lines under it."""
+    found: list[tuple[str, list[str]]] = []
+    for line in transcript:
+        if PROMPT.match(line):
+            found.append((line, []))
+        elif found:
+            found[-1][1].append(line)
+    return found
+
+
+def page_transcript() -> list[str]:
+    """The transcript docs/team.md shows: its block marked as checked by this test."""
+    (block,) = [
+        b for b in blocks("docs/team.md") if b.lines[:1] == ["# checked by tests/test_team.py"]
+    ]
+    return block.lines[1:]
+
+
+def not_shown_as_run(shown: list[str], printed: str) -> list[str]:
+    """The page's commands (and output lines) that the run did not print, in order."""
+    runs = by_command(printed.splitlines())
+    wrong = []
+    for command, expected in by_command(shown):
+        i = next((i for i, (c, _) in enumerate(runs) if c == command), None)
+        if i is None:
+            wrong.append(f"not run: {command}")
+            continue
+        _, output = runs.pop(i)
+        expected = [e for e in expected if e.strip() and e.strip() != "..."]
+        wrong += [
+            f"{command}: not printed: {m}" for m in missing_lines(expected, "\n".join(output))
+        ]
+    return wrong
+
+
+def test_page_transcript_check():
+    printed = "[a] $ dvc push\n3 files pushed\n[c] $ dvc pull\nEverything is up to date.\n"
+    assert not_shown_as_run(["[a] $ dvc push", "...", "3 files pushed"], printed) == []
+    assert not_shown_as_run(["[a] $ dvc push", "| a | b |"], printed) == [
+        "[a] $ dvc push: not printed: | a | b |"
+    ]
+    assert not_shown_as_run(["[b] $ dvc push"], printed) == ["not run: [b] $ dvc push"]
+
+
+@pytest.mark.slow
+def test_three_machines_share_one_experiment_history(repo, tmp_path, dvc_remote, capsys):
     # The shared origin: a bare repository holding the baseline, whose .dvc/config names the
     # one DVC remote every machine pushes to and pulls from.
     for cmd in dvc_remote:
@@ -128,3 +177,8 @@ def test_three_machines_share_one_experiment_history(repo, tmp_path, dvc_remote)
     assert "1 file fetched" in on("c", ["dvc", "pull"], c).stdout
     assert (c / MODEL).read_bytes() == trained[second]["model"]
     assert "Running stage" not in on("c", ["dvc", "repro"], c).stdout
+
+    # What docs/team.md shows is what this run printed.
+    printed = capsys.readouterr().out
+    print(printed)  # still shown by -rP
+    assert not_shown_as_run(page_transcript(), printed) == []

@@ -20,13 +20,33 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3.11}
 torch_index=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
 
+# pip asks every index for every package: an extra index that does not answer would cost
+# minutes per package. Ask it once, first.
+if [ -n "$torch_index" ] && ! "$python" - "$torch_index" <<'PY'; then
+import sys
+import urllib.request
+
+url = sys.argv[1].rstrip("/") + "/torch/"
+try:
+    urllib.request.urlopen(url, timeout=15).close()
+except Exception as exc:  # any reason it cannot be read: say it in one line
+    sys.exit(
+        f"lock: error: {url} did not answer ({exc}): with a torch wheel in pip's find-links, run"
+        " TORCH_INDEX_URL= ./run.sh lock; or name a mirror with TORCH_INDEX_URL=<url>"
+    )
+PY
+  exit 2
+fi
+
 if [ ! -x .venv-lock/bin/pip-compile ]; then
   "$python" -m venv .venv-lock
   .venv-lock/bin/python -m pip install --quiet pip-tools==7.6.2
 fi
+# pip's retries are bounded too (--pip-args): 45 s per request that gets no answer, not pip's
+# default of minutes.
 CUSTOM_COMPILE_COMMAND="./run.sh lock" .venv-lock/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --all-extras \
   ${torch_index:+--extra-index-url "$torch_index"} --no-emit-index-url --no-emit-find-links \
-  --output-file requirements.lock "$@" pyproject.toml
+  --pip-args "--timeout 15 --retries 2" --output-file requirements.lock "$@" pyproject.toml
 
 # Drop torch's hashes (see above), leaving one plain line `torch==X+cpu`.
 awk '

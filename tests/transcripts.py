@@ -1,0 +1,133 @@
+"""The documentation's fenced blocks, read the way tests/test_readme.py replays them, and the
+matching of a shown transcript against real output (also used by tests/test_team.py).
+
+Pages: README.md, then every page under docs/, in PAGES order. In a page:
+- a ```console block is a transcript: a line starting with `$ ` is a command, the lines up to
+  the next command what it prints. Every shown line must match a line of the real output, a
+  different one each, in any order; runs of spaces count as one; blank lines and lines of just
+  `...` are not checked; `...` within a line stands for any text. A line `[N]` says the
+  command exits with status N; without one it must succeed.
+- the README's Quick start ```bash block is replayed command by command (output not shown);
+- a ```text block holds no commands (a file tree, a diagram);
+- any other block of commands (```bash, or one without a language) starts with a comment
+  line saying why it is not replayed: `# illustrative: <why>` or `# checked by tests/<file>`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from support import ROOT
+
+# The order a reader follows, and the order the pages are replayed in (one clone, one shell).
+PAGES = [
+    "README.md",
+    "docs/failure-behaviour.md",
+    "docs/versions.md",
+    "docs/activations.md",
+    "docs/dependencies.md",
+    "docs/performance.md",
+    "docs/pipeline.md",
+    "docs/reproducibility.md",
+    "docs/scaling-out.md",
+    "docs/schedules.md",
+    "docs/team.md",
+    "docs/testing.md",
+]
+NOT_REPLAYED = ("# illustrative", "# checked by tests/")
+
+
+@dataclass
+class Block:
+    page: str
+    section: str  # the heading it stands under
+    fence: str  # the info string: console, bash, text, ...
+    lines: list[str]
+
+
+@dataclass
+class Command:
+    line: str
+    expected: list[str] = field(default_factory=list)  # shown output lines, blanks dropped
+    status: int = 0
+
+
+def blocks(page: str, text: str | None = None) -> list[Block]:
+    """Every fenced block of a page (ROOT / page unless text is given), in order."""
+    text = (ROOT / page).read_text() if text is None else text
+    found, section, fence, block = [], "", None, []
+    for line in text.splitlines():
+        if fence is None:
+            if line.startswith("#"):
+                section = line.lstrip("#").strip()
+            elif line.startswith("```"):
+                fence, block = line[3:].strip(), []
+            continue
+        if line.strip() != "```":
+            block.append(line)
+            continue
+        found.append(Block(page, section, fence, block))
+        fence = None
+    return found
+
+
+def is_replayed(block: Block) -> bool:
+    return block.fence == "console" or (
+        block.page == "README.md" and block.section == "Quick start" and block.fence == "bash"
+    )
+
+
+def unmarked(block: Block) -> str | None:
+    """Why a block breaks the rules above, or None."""
+    if is_replayed(block):
+        return None
+    if block.fence == "text":
+        if any(line.lstrip().startswith("$ ") for line in block.lines):
+            return "a ```text block with commands (`$ `): make it ```console, or mark it"
+        return None
+    first = block.lines[0].strip() if block.lines else ""
+    if not first.startswith(NOT_REPLAYED):
+        return f"a ```{block.fence} block neither replayed nor marked {' or '.join(NOT_REPLAYED)}"
+    return None
+
+
+def parse_transcript(block: list[str]) -> list[Command]:
+    commands: list[Command] = []
+    for line in block:
+        if line.startswith("$ "):
+            commands.append(Command(line[2:]))
+        elif not commands:
+            raise ValueError(f"transcript: output before any command: {line!r}")
+        elif re.fullmatch(r"\[\d+\]", line.strip()):
+            commands[-1].status = int(line.strip()[1:-1])
+        elif line.strip() and line.strip() != "...":
+            commands[-1].expected.append(line)
+    return commands
+
+
+def normalize(line: str) -> str:
+    return " ".join(line.split())
+
+
+def line_pattern(shown: str) -> re.Pattern:
+    return re.compile(".*".join(re.escape(part) for part in normalize(shown).split("...")))
+
+
+def missing_lines(expected: list[str], output: str) -> list[str]:
+    """The shown lines that match no line of the output (an empty list: all found)."""
+    unused = [normalize(line) for line in output.splitlines()]
+    missing = []
+    # The most specific lines first, so that `... Success` cannot take the `too-fast` line.
+    for shown in sorted(expected, key=lambda line: line.count("...")):
+        pattern = line_pattern(shown)
+        match = next((i for i, line in enumerate(unused) if pattern.fullmatch(line)), None)
+        if match is None:
+            missing.append(shown)
+        else:
+            del unused[match]
+    return missing
+
+
+def docs_pages() -> set[str]:
+    return {"README.md", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))}
