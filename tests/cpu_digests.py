@@ -65,6 +65,14 @@ def configs(base):
         )
     yield variant("linear-sgd-swa", average="swa")
     yield variant("mlp-adam-swa", None, {"kind": "mlp"}, optimizer="adam", average="swa")
+    # Batches of 2 * parallel.BLOCK_ROWS rows and more: the products split into fixed blocks.
+    yield variant(
+        "mlp-adam-blocked",
+        {"n_train": 5000},
+        {"kind": "mlp", "hidden": (64, 64)},
+        optimizer="adam",
+        batch_size=2500,
+    )
     for target in ("quadratic", "sine"):
         yield variant(f"{target}-mlp-adam", {"target": target}, {"kind": "mlp"}, optimizer="adam")
 
@@ -78,7 +86,7 @@ def main(workdir: Path, epochs: int | None = None) -> None:
             params = params.model_copy(
                 update={"train": cfg.model_copy(update={"epochs": min(cfg.epochs, epochs)})}
             )
-        data = workdir / f"data-{params.data.target}"
+        data = workdir / f"data-{params.data.target}-{params.data.n_train}"
         if not data.exists():
             generate.run(params.data, data / "train.npy", data / "test.npy")
         out = workdir / name

@@ -138,6 +138,9 @@ class Params(_Section):
         return self
 
 
+SECTIONS = tuple(Params.model_fields)
+
+
 def _where(loc: tuple) -> str:
     out = ""
     for part in loc:
@@ -174,7 +177,9 @@ def _one_line(message: str) -> str:
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     """Validate an already-loaded mapping; raise ConfigError with one line per problem."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections (data, model, train, plot, compute)")
+        raise ConfigError(
+            f"{source}: expected a mapping of sections (data, model, train, plot, compute)"
+        )
     _check_size(raw, source)
     try:
         return Params.model_validate(raw)
@@ -240,7 +245,9 @@ def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     except ValueError as exc:  # a scalar its tag cannot hold: `!!float abc`, `2024-13-45`
         raise ConfigError(_one_line(f"{path}: not valid YAML: {clip(str(exc), 120)}")) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, plot, compute)")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (data, model, train, plot, compute)"
+        )
     return raw
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MODES = ("portable", "native")
+_mode = "portable"  # what `use` set last; the package's import sets the portable mode
 V3_FLAGS = {"avx2", "fma"}  # with AVX, which both imply: what ATen's avx2 kernels execute
 
 
@@ -77,8 +78,14 @@ def portable_settings() -> dict[str, str]:
     }
 
 
+def current() -> str:
+    return _mode
+
+
 def use(mode: str) -> None:
     """Set torch up for `mode` ("portable" or "native"), before it computes anything."""
+    global _mode
+    _mode = mode
     if mode == "native":
         for key in portable_settings():
             os.environ.pop(key, None)

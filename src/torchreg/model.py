@@ -20,6 +20,7 @@ from torchreg.config import ModelConfig
 from torchreg.data import CHUNK_ROWS
 from torchreg.errors import ConfigError, DataError
 from torchreg.files import open_input, write_bytes
+from torchreg.parallel import Linear
 
 FORMAT_VERSION = 2  # 1 was a torch.save archive
 METADATA_KEY = "torchreg"
@@ -42,8 +43,8 @@ class MLP(nn.Module):
         widths = (n_features, *hidden)
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(widths, widths[1:], strict=False):
-            layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
-        layers.append(nn.Linear(widths[-1], 1))
+            layers += [Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
+        layers.append(Linear(widths[-1], 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
