@@ -107,7 +107,7 @@ def test_the_forcing_is_live_without_the_package_settings():
 # AMD models without AVX2 stop at an illegal instruction while importing torch under qemu).
 V3_CPUS = ("Haswell-v4", "EPYC-Rome")
 BASELINE_CPUS = ("Nehalem", "SandyBridge")
-EMULATED_EPOCHS = 3  # any op that rounds differently shows in the first steps
+EMULATED_EPOCHS = 1  # any op that rounds differently shows in the first steps
 QEMU = shutil.which("qemu-x86_64")
 needs_qemu = pytest.mark.skipif(
     QEMU is None and not os.environ.get("CI"),
@@ -133,7 +133,9 @@ def emulated_digests(tmp_path_factory) -> dict[str, dict[str, str]]:
     work = tmp_path_factory.mktemp("emulated")
     args = [str(HERE / "cpu_digests.py")]
     runs = {
-        cpu: emulated(None if cpu == "native" else cpu, [*args, str(work / cpu), "3"])
+        cpu: emulated(
+            None if cpu == "native" else cpu, [*args, str(work / cpu), str(EMULATED_EPOCHS)]
+        )
         for cpu in ("native", *V3_CPUS, *BASELINE_CPUS)
     }
     results = {}
@@ -173,7 +175,8 @@ def test_emulated_cpus_without_avx2_agree_and_are_told_so(emulated_digests):
 def test_the_emulation_is_live_without_the_package_settings():
     """Plain torch (its own Adam, MKL's and ATen's own choices): emulated CPUs of both vendors
     give other bits than this one, so the emulation does show what differs."""
-    runs = {cpu: emulated(cpu, ["-c", CONTROL]) for cpu in (None, *V3_CPUS)}
+    control = CONTROL.replace("range(20)", "range(3)")  # the first steps differ already
+    runs = {cpu: emulated(cpu, ["-c", control]) for cpu in (None, *V3_CPUS)}
     digests = {cpu: proc.communicate(timeout=600)[0].strip() for cpu, proc in runs.items()}
     assert all(digests.values()), digests
     for cpu in V3_CPUS:

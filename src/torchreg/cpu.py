@@ -39,12 +39,12 @@ V3_FLAGS = {"avx2", "fma"}  # with AVX, which both imply: what ATen's avx2 kerne
 
 @cache
 def cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return frozenset(line.partition(":")[2].split())
+    """The CPU's features as CPUID reports them (NumPy asks it at import), lower case. Not
+    /proc/cpuinfo: under an emulated CPU (qemu-user) that file still describes the host."""
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    names = {"FMA3": "fma"}
+    return frozenset(names.get(k, k.lower()) for k, on in __cpu_features__.items() if on)
 
 
 def family(mode: str = "portable") -> str:

@@ -38,11 +38,18 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """fn over items, on every core, results in the items' order."""
+    """fn over items, on every core, results in the items' order. Each thread computes in the
+    caller's grad and inference modes (torch keeps them per thread)."""
     items = list(items)
     if len(items) < 2:
         return [fn(item) for item in items]
-    return list(_pool().map(fn, items))
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def in_callers_mode(item: T) -> R:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return fn(item)
+
+    return list(_pool().map(in_callers_mode, items))
 
 
 def blocked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int):
