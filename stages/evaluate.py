@@ -11,6 +11,11 @@ Writes: metrics/evaluate.json (test.mae, test.rmse, train.mae, reference.test_ma
 
 from __future__ import annotations
 
+from torchreg.stage import quiet_interrupts, run_main, stage_parser
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below is one line too
+    quiet_interrupts("evaluate")
+
 import logging
 from pathlib import Path
 
@@ -22,7 +27,6 @@ from torchreg.errors import DataError
 from torchreg.evaluation import SAMPLE_ROWS, curve_rows, evaluate, prediction_rows
 from torchreg.files import write_json, write_tsv
 from torchreg.model import TRAIN_HINT, load_model
-from torchreg.stage import run_main, stage_parser
 
 log = logging.getLogger("evaluate")
 

@@ -6,12 +6,16 @@ Writes: data/train.npy, data/test.npy  (float32, rows x (features + 1): the feat
 
 from __future__ import annotations
 
+from torchreg.stage import quiet_interrupts, run_main, stage_parser
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below is one line too
+    quiet_interrupts("generate")
+
 import logging
 from pathlib import Path
 
 from torchreg.config import DataConfig, load_params
 from torchreg.data import check_disk, nbytes, write_dataset
-from torchreg.stage import run_main, stage_parser
 
 log = logging.getLogger("generate")
 

@@ -8,6 +8,11 @@ Writes: plots/fit.png, plots/loss.png, plots/predicted_vs_actual.png, plots/resi
 
 from __future__ import annotations
 
+from torchreg.stage import quiet_interrupts, run_main, stage_parser
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below is one line too
+    quiet_interrupts("plot")
+
 import logging
 from pathlib import Path
 
@@ -15,7 +20,6 @@ from torchreg.config import Params, load_params
 from torchreg.errors import DataError
 from torchreg.files import read_json, read_tsv
 from torchreg.plotting import fit_figure, loss_figure, predicted_figure, residual_figure, save
-from torchreg.stage import run_main, stage_parser
 
 log = logging.getLogger("plot")
 

@@ -12,6 +12,11 @@ launcher (DistributedDataParallel, gloo on CPU, nccl on CUDA); only rank 0 write
 
 from __future__ import annotations
 
+from torchreg.stage import quiet_interrupts, run_main, stage_parser
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below is one line too
+    quiet_interrupts("train")
+
 import contextlib
 import logging
 import sys
@@ -22,7 +27,6 @@ from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.model import build_model, save_model
-from torchreg.stage import run_main, stage_parser
 from torchreg.tracking import LiveLog, Progress
 from torchreg.training import Windows, fit, seeded
 
