@@ -25,7 +25,7 @@ from torchreg.config import DataConfig, load_params
 from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.errors import DataError
 from torchreg.evaluation import SAMPLE_ROWS, curve_rows, evaluate, prediction_rows
-from torchreg.files import write_json, write_tsv
+from torchreg.files import check_writable, write_json, write_tsv
 from torchreg.model import TRAIN_HINT, load_model
 
 log = logging.getLogger("evaluate")
@@ -43,6 +43,7 @@ def run(
     """`loss` is train.loss, the loss whose exact minimizer the linear model is compared with.
     `own_paths`: the inputs ("model", "train", "test") the user named; a missing one is only
     said to be missing, while a missing pipeline path names the stage that makes it."""
+    check_writable(*out.values())
     model, _, n_features = load_model(model_path, None if "model" in own_paths else TRAIN_HINT)
     train = DataFile(train_path, None if "train" in own_paths else GENERATE_HINT)
     test = DataFile(test_path, None if "test" in own_paths else GENERATE_HINT)  # read in chunks

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from torchreg.config import DataConfig, load_params
 from torchreg.data import check_disk, nbytes, write_dataset
+from torchreg.files import check_writable
 
 log = logging.getLogger("generate")
 
 
 def run(cfg: DataConfig, train_path: Path, test_path: Path) -> None:
+    check_writable(train_path, test_path)
     sizes = {"train": (train_path, cfg.n_train), "test": (test_path, cfg.n_test)}
     check_disk({path: nbytes(rows, cfg.n_features) for path, rows in sizes.values()})
     for split, (path, rows) in sizes.items():

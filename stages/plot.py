@@ -18,14 +18,16 @@ from pathlib import Path
 
 from torchreg.config import Params, load_params
 from torchreg.errors import DataError
-from torchreg.files import read_json, read_tsv
+from torchreg.files import check_writable, read_json, read_tsv
 from torchreg.plotting import fit_figure, loss_figure, predicted_figure, residual_figure, save
 
 log = logging.getLogger("plot")
+FIGURES = ("fit.png", "loss.png", "predicted_vs_actual.png", "residuals.png")
 
 
 def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
     feature = params.plot.feature
+    check_writable(*(out_dir / name for name in FIGURES))
     loss = read_tsv(inputs["loss"], "train", ["step", "train_loss"])
     pred = read_tsv(
         inputs["predictions"],
@@ -52,7 +54,7 @@ def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
             "numbers: rerun dvc repro evaluate"
         ) from None
     loss_key = "train_loss"
-    figures = {
+    figures = {  # the names of FIGURES
         "fit.png": fit_figure(pred, curve, feature, subtitle),
         "loss.png": loss_figure(loss["step"], loss[loss_key], params.train.loss, floor),
         "predicted_vs_actual.png": predicted_figure(pred, subtitle),

@@ -26,6 +26,7 @@ from torchreg.budget import check_memory, check_processes, train_bytes
 from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
+from torchreg.files import check_writable
 from torchreg.model import build_model, save_model
 from torchreg.tracking import LiveLog, Progress
 from torchreg.training import Windows, fit, seeded
@@ -37,6 +38,8 @@ def run(
     params: Params, ctx: RunContext, data_path: Path, model_path: Path, live_dir: Path
 ) -> list[float]:
     cfg = params.train
+    if ctx.is_writer:
+        check_outputs(model_path, live_dir)
     data = DataFile(data_path)
     model = build_model(params.model, data.n_features, cfg.init_std, seeded(cfg.seed, "init"))
     model.to(ctx.device)
@@ -57,9 +60,14 @@ def run(
     progress = Progress(cfg.epochs)
     with LiveLog(live_dir) as live, contextlib.closing(progress):
         history = fit(model, data, cfg, seeded(cfg.seed, "shuffle"), ctx, [progress, live])
-    save_model(model_path, model, params.model, data.n_features)
+        save_model(model_path, model, params.model, data.n_features)  # fails: no log is left
     log.info("final loss %.6f; wrote %s", history[-1], model_path)
     return history
+
+
+def check_outputs(model_path: Path, live_dir: Path) -> None:
+    """Refuse before any work if the model or the DVCLive log cannot be written."""
+    check_writable(model_path, live_dir / "metrics.json", live_dir / "plots/metrics/x.tsv")
 
 
 def check_budget(params: Params, data: DataFile) -> None:
@@ -101,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     def body() -> None:
         params = load_params(args.params)
         if not under_torchrun():  # checked once, by the process that starts the run
+            check_outputs(args.model, args.live_dir)
             hint = GENERATE_HINT if args.data == parser.get_default("data") else None
             check_budget(params, DataFile(args.data, hint))
         if params.train.nproc > 1 and not under_torchrun():

@@ -8,6 +8,7 @@ one chunk is never copied whole.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from torchreg.config import DataConfig, noise_floor_mae
 from torchreg.data import CHUNK_ROWS, DataFile, as_rows, true_function
+from torchreg.errors import DataError
 from torchreg.model import LinearRegression
 from torchreg.training import HUBER_DELTA, LOSSES
 
@@ -46,6 +48,11 @@ def prediction_errors(model: nn.Module, rows: Rows) -> dict[str, float]:
         abs_sum += r.abs().sum().item()
         sq_sum += (r * r).sum().item()
         n += len(chunk)
+    if not math.isfinite(sq_sum):  # a NaN or infinity in the sum: never a metric to write
+        raise DataError(
+            f"{as_rows(rows).path}: the model's predictions are not finite (beyond float32): "
+            "its weights are too large for these rows"
+        )
     return {"mae": abs_sum / n, "rmse": (sq_sum / n) ** 0.5}
 
 

@@ -131,10 +131,12 @@ def make_folder(path: str | Path) -> None:
 def check_writable(*paths: str | Path) -> None:
     """Refuse up front, before any work, an output that cannot be written: its folder cannot
     be made or written to, or a directory stands where the file goes. Each check creates and
-    removes a temporary file in the output's folder, exactly as the real write will."""
+    removes a temporary file in the output's folder, exactly as the real write will, and
+    removes the folders it had to make (a run that fails later leaves no empty folder)."""
     for path in map(Path, paths):
         if _writes_directly(path):
             continue  # a device or a pipe: written into as it is, checked when opened
+        made = [p for p in path.absolute().parents if not p.exists()]
         try:
             remove_stale_temps(path)
             fd, name = tempfile.mkstemp(
@@ -144,6 +146,10 @@ def check_writable(*paths: str | Path) -> None:
             os.unlink(name)
         except OSError as exc:
             raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+        finally:
+            for folder in made:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 # How long an output FIFO may wait for its reader (seconds), as `cmd > fifo & reader` needs.
@@ -276,6 +282,9 @@ def _fmt(value: float) -> str:
 # breaks (/dev/zero, a binary file) would otherwise be read into memory whole before any
 # check. The widest table (4096 features, a sample row) is about 70 KB.
 MAX_LINE_CHARS = 1 << 20
+# The most numbers a table may hold (8 bytes each in memory): the loss of 10**7 epochs
+# (train.epochs' maximum) is 3 * 10**7.
+MAX_TABLE_CELLS = 1 << 25
 # The largest JSON this project reads back (metrics/evaluate.json is a few KB, with up to
 # 4096 learned weights about 100 KB).
 MAX_JSON_BYTES = 16 << 20
@@ -315,10 +324,10 @@ def read_tsv(
                 raise DataError(f"{path}: has no rows")
             columns = {name: array("d") for name in header}
             for number, row in enumerate(rows, start=2):
-                if number > max_rows:
+                if number > max_rows or number * len(header) > MAX_TABLE_CELLS:
                     raise DataError(
-                        f"{path}: has over {max_rows - 1:,} rows, more than the {stage} stage "
-                        f"writes: rerun it (dvc repro {stage})"
+                        f"{path}: has over {number - 2:,} rows of {len(header)} columns, more "
+                        f"than the {stage} stage writes: rerun it (dvc repro {stage})"
                     )
                 if len(row) != len(header):
                     raise DataError(
