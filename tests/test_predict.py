@@ -234,10 +234,10 @@ def test_a_row_without_line_breaks_is_refused_before_it_is_read_whole(tmp_path, 
 
 def limit_memory():
     """A ceiling for the child, so that an unbounded read fails fast instead of filling the
-    machine (torch's import alone maps about 1 GiB of address space)."""
+    machine (torch alone maps about 1 GiB of address space)."""
     import resource
 
-    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
 
 PEAK_RSS = (
