@@ -244,3 +244,13 @@ def test_a_huge_header_length_is_refused_unread(tmp_path):
     (tmp_path / "m.safetensors").write_bytes((10**15).to_bytes(8, "little") + b"{}")
     with pytest.raises(DataError, match="not a valid model file"):
         load_model(tmp_path / "m.safetensors")
+
+
+def test_a_file_longer_than_its_header_says_is_refused_unread(model_file):
+    """Only the header is read: a model file padded to 300 MB costs no 300 MB."""
+    size = model_file.stat().st_size
+    with model_file.open("r+b") as f:
+        f.truncate(size + 300 * 2**20)  # sparse: no disk used
+    message = f"its header describes {size:,} bytes, the file has {size + 300 * 2**20:,}"
+    with pytest.raises(DataError, match=message):
+        load_model(model_file)

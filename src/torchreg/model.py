@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import safetensors.torch
 import torch
@@ -123,6 +124,29 @@ def _metadata(header: dict) -> dict[str, str]:
     return {METADATA_KEY: json.dumps(header, sort_keys=True)}
 
 
+def _check_size(f: BinaryIO, size: int, path: Path, what: str) -> None:
+    """Refuse a file whose length is not the one its header describes, reading only the
+    header: a huge file is never read whole to find out it is not what it claims."""
+    try:
+        length = int.from_bytes(f.read(8), "little")
+        if size < 8 or length > min(MAX_HEADER_BYTES, size - 8):
+            raise ValueError(f"a header of {length:,} bytes in a file of {size:,}")
+        table = json.loads(f.read(length))
+        ends = [v["data_offsets"][1] for k, v in table.items() if k != "__metadata__"]
+        described = 8 + length + max(ends, default=0)
+    except RecursionError:
+        raise DataError(f"{path}: not a valid {what} (its header is nested too deeply)") from None
+    except Exception as exc:  # json, and a table of the wrong shape, raise many types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a valid {what} ({reason[:200]})") from None
+    if described != size:
+        raise DataError(
+            f"{path}: not a valid {what} (its header describes {described:,} bytes, the file "
+            f"has {size:,})"
+        )
+    f.seek(0)
+
+
 def _split(data: bytes) -> tuple[dict, memoryview]:
     """A safetensors file's JSON header (less the size check the caller does) and its tensors'
     bytes."""
@@ -154,11 +178,13 @@ def read_sealed(
     `missing_hint` is the advice when the file does not exist.
 
     The file is read through `open_input` (a regular file, never a FIFO that would block) and
-    parsed from memory, after a check that the machine can hold it twice."""
+    parsed from memory: its JSON header first (at most MAX_HEADER_BYTES), then the rest only if
+    the file is exactly as long as that header says and the machine can hold it twice."""
     path = Path(path)
     try:
         with open_input(path) as f:
             size = os.fstat(f.fileno()).st_size
+            _check_size(f, size, path, what)
             check_memory(2 * size, f"the {what} {path}", "this machine cannot use it")
             data = f.read()
     except FileNotFoundError:
