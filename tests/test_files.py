@@ -169,3 +169,30 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path, stage, args):
     _, stderr = proc.communicate(timeout=30)
     assert stderr == f"{stage}: interrupted; no output was written\n"
     assert proc.returncode == 130
+
+
+def test_a_model_that_cannot_be_saved_leaves_no_dvclive_log(tmp_path, params, monkeypatch):
+    """The disk fills, or the folder goes read-only, after training: the run left nothing."""
+    import importlib.util
+
+    import torch
+
+    from torchreg.context import RunContext
+    from torchreg.data import write_dataset
+
+    spec = importlib.util.spec_from_file_location("train_stage", ROOT / "stages/train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+
+    def full_disk(path, *args):
+        raise UserError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(train, "save_model", full_disk)
+    write_dataset(tmp_path / "train.npy", params.data, "train", 100)
+    short = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 2})})
+    with pytest.raises(UserError, match="No space left on device"):
+        train.run(
+            short, RunContext(torch.device("cpu")), tmp_path / "train.npy",
+            tmp_path / "models/model.safetensors", tmp_path / "dvclive",
+        )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.npy"]
