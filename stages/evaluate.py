@@ -12,6 +12,11 @@ Writes: metrics/evaluate.json (test.mae, test.rmse, train.mae, reference.test_ma
 
 from __future__ import annotations
 
+from torchreg.stage import quiet_interrupts, run_main, stage_parser
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below is one line too
+    quiet_interrupts("evaluate")
+
 import logging
 from pathlib import Path
 
@@ -23,9 +28,8 @@ from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.environment import ENVIRONMENT_FILE
 from torchreg.errors import DataError
 from torchreg.evaluation import SAMPLE_ROWS, curve_rows, evaluate, prediction_rows
-from torchreg.files import write_json, write_tsv
+from torchreg.files import check_writable, write_json, write_tsv
 from torchreg.model import TRAIN_HINT, load_model
-from torchreg.stage import run_main, stage_parser
 
 log = logging.getLogger("evaluate")
 
@@ -42,6 +46,7 @@ def run(
     """`loss` is train.loss, the loss whose exact minimizer the linear model is compared with.
     `own_paths`: the inputs ("model", "train", "test") the user named; a missing one is only
     said to be missing, while a missing pipeline path names the stage that makes it."""
+    check_writable(*out.values())
     model, _, n_features = load_model(model_path, None if "model" in own_paths else TRAIN_HINT)
     train = DataFile(train_path, None if "train" in own_paths else GENERATE_HINT)
     test = DataFile(test_path, None if "test" in own_paths else GENERATE_HINT)  # read in chunks

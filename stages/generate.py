@@ -6,6 +6,11 @@ Writes: data/train.npy, data/test.npy  (float32, rows x (features + 1): the feat
 
 from __future__ import annotations
 
+from torchreg.stage import quiet_interrupts, run_main, stage_parser
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below is one line too
+    quiet_interrupts("generate")
+
 import logging
 from pathlib import Path
 
@@ -13,12 +18,13 @@ from torchreg import environment
 from torchreg.config import DataConfig, load_params
 from torchreg.data import check_disk, nbytes, write_dataset
 from torchreg.environment import ENVIRONMENT_FILE
-from torchreg.stage import run_main, stage_parser
+from torchreg.files import check_writable
 
 log = logging.getLogger("generate")
 
 
 def run(cfg: DataConfig, train_path: Path, test_path: Path) -> None:
+    check_writable(train_path, test_path)
     sizes = {"train": (train_path, cfg.n_train), "test": (test_path, cfg.n_test)}
     check_disk({path: nbytes(rows, cfg.n_features) for path, rows in sizes.values()})
     for split, (path, rows) in sizes.items():

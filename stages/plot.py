@@ -9,6 +9,11 @@ Writes: plots/fit.png, plots/loss.png, plots/predicted_vs_actual.png, plots/resi
 
 from __future__ import annotations
 
+from torchreg.stage import quiet_interrupts, run_main, stage_parser
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below is one line too
+    quiet_interrupts("plot")
+
 import logging
 from pathlib import Path
 
@@ -16,15 +21,16 @@ from torchreg import environment
 from torchreg.config import Params, load_params
 from torchreg.environment import ENVIRONMENT_FILE
 from torchreg.errors import DataError
-from torchreg.files import read_json, read_tsv
+from torchreg.files import check_writable, read_json, read_tsv
 from torchreg.plotting import fit_figure, loss_figure, predicted_figure, residual_figure, save
-from torchreg.stage import run_main, stage_parser
 
 log = logging.getLogger("plot")
+FIGURES = ("fit.png", "loss.png", "predicted_vs_actual.png", "residuals.png")
 
 
 def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
     feature = params.plot.feature
+    check_writable(*(out_dir / name for name in FIGURES))
     loss = read_tsv(inputs["loss"], "train", ["step", "train_loss"])
     pred = read_tsv(
         inputs["predictions"],
@@ -51,7 +57,7 @@ def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
             "numbers: rerun dvc repro evaluate"
         ) from None
     loss_key = "train_loss"
-    figures = {
+    figures = {  # the names of FIGURES
         "fit.png": fit_figure(pred, curve, feature, subtitle),
         "loss.png": loss_figure(loss["step"], loss[loss_key], params.train.loss, floor),
         "predicted_vs_actual.png": predicted_figure(pred, subtitle),

@@ -12,6 +12,11 @@ launcher (DistributedDataParallel, gloo on CPU, nccl on CUDA); only rank 0 write
 
 from __future__ import annotations
 
+from torchreg.stage import quiet_interrupts, run_main, stage_parser
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below is one line too
+    quiet_interrupts("train")
+
 import contextlib
 import logging
 import sys
@@ -23,8 +28,8 @@ from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.environment import ENVIRONMENT_FILE
+from torchreg.files import check_writable
 from torchreg.model import build_model, save_model
-from torchreg.stage import run_main, stage_parser
 from torchreg.tracking import LiveLog, Progress
 from torchreg.training import Windows, fit, seeded
 
@@ -35,6 +40,8 @@ def run(
     params: Params, ctx: RunContext, data_path: Path, model_path: Path, live_dir: Path
 ) -> list[float]:
     cfg = params.train
+    if ctx.is_writer:
+        check_outputs(model_path, live_dir)
     data = DataFile(data_path)
     model = build_model(params.model, data.n_features, cfg.init_std, seeded(cfg.seed, "init"))
     model.to(ctx.device)
@@ -55,9 +62,14 @@ def run(
     progress = Progress(cfg.epochs)
     with LiveLog(live_dir) as live, contextlib.closing(progress):
         history = fit(model, data, cfg, seeded(cfg.seed, "shuffle"), ctx, [progress, live])
-    save_model(model_path, model, params.model, data.n_features)
+        save_model(model_path, model, params.model, data.n_features)  # fails: no log is left
     log.info("final loss %.6f; wrote %s", history[-1], model_path)
     return history
+
+
+def check_outputs(model_path: Path, live_dir: Path) -> None:
+    """Refuse before any work if the model or the DVCLive log cannot be written."""
+    check_writable(model_path, live_dir / "metrics.json", live_dir / "plots/metrics/x.tsv")
 
 
 def check_budget(params: Params, data: DataFile) -> None:
@@ -101,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         cpu.use(params.compute.cpu)
         environment.check("train", params.compute.cpu, args.params.parent / ENVIRONMENT_FILE)
         if not under_torchrun():  # checked once, by the process that starts the run
+            check_outputs(args.model, args.live_dir)
             hint = GENERATE_HINT if args.data == parser.get_default("data") else None
             check_budget(params, DataFile(args.data, hint))
         if params.train.nproc > 1 and not under_torchrun():

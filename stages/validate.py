@@ -12,11 +12,15 @@ Writes: metrics/params.ok  (always the same bytes, so a params change reruns onl
 
 from __future__ import annotations
 
+from torchreg.stage import quiet_interrupts, run_main, stage_parser
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below is one line too
+    quiet_interrupts("validate")
+
 from pathlib import Path
 
 from torchreg.config import load_params
 from torchreg.files import write_bytes
-from torchreg.stage import run_main, stage_parser
 
 OK = b"params.yaml checked\n"
 

@@ -104,3 +104,29 @@ def test_shown_is_bounded_and_quotes_strings():
         nested = [nested] * 10
     assert len(shown(nested)) <= 80
     assert shown(10**5000) == "<int too long to show>"
+
+
+@pytest.mark.parametrize(
+    "nested",
+    [
+        "".join(f"\n{'  ' * (i + 1)}k{i}:" for i in range(1500)),  # block maps
+        "{a: " * 5000 + "1" + "}" * 5000,  # flow maps
+        "[" * 5000 + "]" * 5000,  # flow lists
+    ],
+    ids=["block-maps", "flow-maps", "flow-lists"],
+)
+def test_deep_nesting_is_one_line_not_a_recursion_error(tmp_path, nested):
+    result, seconds = stage(tmp_path, PARAMS + f"\ndeep: {nested}\n")
+    assert result.stderr.splitlines() == [
+        "validate: error: params.yaml: nested too deeply: params are a few sections of scalars "
+        "and lists"
+    ], result.stderr[-2000:]
+    assert result.returncode == 2 and seconds < 30
+
+
+def test_a_params_file_of_many_megabytes_is_refused_unread(tmp_path):
+    result, _ = stage(tmp_path, PARAMS + "#" * (5 << 20) + "\n")
+    assert result.stderr.splitlines() == [
+        "validate: error: params.yaml: over 4 MiB: a params file is a few KB of sections "
+        "(data, model, train, plot)"
+    ]

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -77,7 +79,97 @@ def test_truncated_and_wrong_shape_and_missing(tmp_path, params):
     with pytest.raises(DataError, match="cut.npy: not a valid data file"):
         DataFile(tmp_path / "cut.npy")
     np.save(tmp_path / "vec.npy", np.zeros(5, dtype=np.float32))
-    with pytest.raises(DataError, match="expected a 2-D float32 array"):
+    with pytest.raises(DataError, match=r"a 1-D array of shape \(5,\); a data file is 2-D"):
         DataFile(tmp_path / "vec.npy")
     with pytest.raises(DataError, match="run the generate stage first"):
         DataFile(tmp_path / "none.npy")
+
+
+# --- a data file proves its bytes and its type, or is refused in one line naming the cause -----
+
+
+@pytest.fixture
+def data_file(tmp_path, params):
+    write_dataset(tmp_path / "d.npy", params.data, "train", 500)
+    return tmp_path / "d.npy"
+
+
+def test_a_written_data_file_carries_its_digest_and_numpy_still_reads_it(data_file, params):
+    assert b"# sha256 " in data_file.read_bytes()[:128]
+    assert np.array_equal(np.load(data_file), DataFile(data_file).read())
+    assert np.array_equal(np.load(data_file), make_block(params.data, "train", 0, 500))
+
+
+def edit(path, old: bytes, new: bytes, at: int | None = None) -> Path:
+    """A copy of `path` with `old` replaced by `new` in its header, or one byte flipped at `at`."""
+    data = bytearray(path.read_bytes())
+    if at is None:
+        assert len(old) == len(new) and data.count(old) == 1
+        data = data.replace(old, new)
+    else:
+        data[at] ^= 0x01
+    copy = path.with_name(f"edited-{path.name}")
+    copy.write_bytes(bytes(data))
+    return copy
+
+
+@pytest.mark.parametrize("at", [200, -1], ids=["first-row", "last-byte"])
+def test_one_flipped_bit_is_found(data_file, at):
+    size = data_file.stat().st_size
+    with pytest.raises(DataError, match=r"edited-d.npy: damaged \(its content does not match"):
+        DataFile(edit(data_file, b"", b"", at=at % size))
+
+
+def test_a_header_edit_that_keeps_the_size_is_found(data_file):
+    """(500, 5) -> (625, 4): the same number of values, other rows: the digest covers it."""
+    with pytest.raises(DataError, match="damaged"):
+        DataFile(edit(data_file, b"(500, 5)", b"(625, 4)"))
+
+
+@pytest.mark.parametrize(
+    "old,new,message",
+    [
+        (
+            b"'<f4'",
+            b"'<i4'",
+            r"holds <i4 \(int32\) values; a data file holds little-endian",
+        ),
+        (b"'<f4'", b"'>f4'", r"holds >f4 \(>f4\) values"),
+        (b"'fortran_order': False", b"'fortran_order': True ", "stored in Fortran"),
+    ],
+    ids=["int32", "big-endian", "fortran"],
+)
+def test_a_wrong_type_or_order_is_named(data_file, old, new, message):
+    with pytest.raises(DataError, match=message):
+        DataFile(edit(data_file, old, new))
+
+
+def test_a_fortran_order_npy_names_the_order_not_the_shape(tmp_path):
+    np.save(tmp_path / "f.npy", np.asfortranarray(np.ones((500, 5), dtype=np.float32)))
+    with pytest.raises(DataError, match=r"Fortran \(column-major\) order.*ascontiguousarray"):
+        DataFile(tmp_path / "f.npy")
+
+
+def test_a_huge_header_is_refused_unread_without_numpys_pickle_advice(tmp_path):
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), }"
+    header += " " * (200_000 - len(header) - 1) + "\n"
+    npy = b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header.encode()
+    (tmp_path / "big.npy").write_bytes(npy + bytes(8))
+    with pytest.raises(DataError) as exc:
+        DataFile(tmp_path / "big.npy")
+    assert "header is 200,000 bytes; a data file's is under 4,096" in str(exc.value)
+    assert "pickle" not in str(exc.value)
+
+
+def test_a_plain_npy_without_a_digest_is_read(tmp_path):
+    """The user's own data (np.save) carries no digest: checked for type and shape only."""
+    rows = np.arange(10, dtype=np.float32).reshape(5, 2)
+    np.save(tmp_path / "own.npy", rows)
+    assert np.array_equal(DataFile(tmp_path / "own.npy").read(), rows)
+
+
+def test_trailing_bytes_are_refused(data_file):
+    with data_file.open("ab") as f:
+        f.write(b"\0" * 4)
+    with pytest.raises(DataError, match="longer than its header says"):
+        DataFile(data_file)

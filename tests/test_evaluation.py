@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from torchreg.data import make_block
+from torchreg.errors import DataError
 from torchreg.evaluation import (
     curve_rows,
     evaluate,
@@ -174,3 +175,13 @@ def test_metrics_say_whether_the_minimizer_converged(params, monkeypatch):
     monkeypatch.setattr(evaluation, "IRLS_MAX_ROWS", 2 * 500 * 2)  # 2 iterations: too few
     capped = evaluate(model, params.data, train, test, "mae")
     assert capped["reference"]["minimizer_converged"] is False
+
+
+def test_predictions_beyond_float32_are_refused_not_written_as_metrics(params):
+    """Finite weights (3e38) whose predictions overflow: no `"mae": NaN` or Infinity."""
+    model = build_model(params.model, 4, 0.01, seeded(0, "init"))
+    with torch.no_grad():
+        model.w.fill_(3e38)
+    rows = torch.ones(10, 5)
+    with pytest.raises(DataError, match=r"predictions are not finite \(beyond float32\)"):
+        evaluate(model, params.data, rows, rows)

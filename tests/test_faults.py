@@ -300,3 +300,43 @@ def test_plot_inputs_with_wrong_columns_are_one_line(built, table, content, mess
     (built / table).write_text(content)
     line = one_clean_line(run_stage(built, "plot"), "plot")
     assert message in line and table in line
+
+
+def flip_in_the_cache(repo: Path, name: str) -> None:
+    """Flip the last bit of `name`'s copy in DVC's local cache (DVC's files are read-only)."""
+    md5 = hashlib.md5((repo / name).read_bytes()).hexdigest()
+    cached = repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+    cached.chmod(0o644)
+    data = bytearray(cached.read_bytes())
+    data[-1] ^= 0x01
+    cached.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "name,stage,readers",
+    [
+        ("models/model.safetensors", "train", ["evaluate", "predict"]),
+        ("data/test.npy", "generate", ["evaluate"]),
+    ],
+    ids=["model", "data"],
+)
+def test_a_file_damaged_in_dvcs_cache_is_refused_after_checkout(built, name, stage, readers):
+    """`dvc checkout` restores a damaged cache copy without a word; the file's own digest
+    refuses it, and `dvc repro` (which finds the copy damaged) rebuilds it."""
+    good = (built / name).read_bytes()
+    flip_in_the_cache(built, name)
+    (built / name).unlink()
+    run(["dvc", "checkout", name], built)
+    assert (built / name).read_bytes() != good  # the damaged copy is back
+    damaged = f"{name}: damaged (its content does not match the sha256 it carries): rebuild it"
+    for reader in readers:
+        if reader == "predict":
+            result = run(
+                [sys.executable, "-m", "torchreg.predict", "--input", "-"],
+                built, check=False, input="1,0,0,0\n",
+            )  # fmt: skip
+        else:
+            result = run_stage(built, reader)
+        assert damaged in one_clean_line(result, reader), result.stderr
+    run(["dvc", "repro"], built)
+    assert (built / name).read_bytes() == good

@@ -267,3 +267,16 @@ def test_a_fifo_params_file_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "params.yaml")
     with pytest.raises(UserError, match="params.yaml: is a FIFO"):
         load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("option", ["--model", "--live-dir"])
+def test_an_unwritable_train_output_is_found_before_training(project, option):
+    """A million epochs: found out only after training, this would run past the timeout."""
+    set_params(project, train__epochs=10**6)
+    (project / "blocker").write_text("a file where a folder should be")
+    model = (project / "models/model.safetensors").read_bytes()
+    target = "blocker/model.safetensors" if option == "--model" else "blocker/dvclive"
+    line = one_clean_line(script(project, "stages/train.py", option, target), "train")
+    assert f"cannot write {target}" in line and "blocker is a file, not a folder" in line
+    assert (project / "models/model.safetensors").read_bytes() == model
+    assert not (project / "dvclive").exists()

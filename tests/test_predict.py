@@ -215,3 +215,127 @@ def test_a_model_file_the_user_named_is_missing(tmp_path):
     assert line == "predict: error: nope.safetensors not found"
     line = one_line(cli(tmp_path, "--input", "rows.csv"))
     assert "models/model.safetensors not found: run the train stage first" in line
+
+
+# --- reads bounded by what a row can need; the real cause named; stdio failures one line ------
+
+
+def test_a_row_without_line_breaks_is_refused_before_it_is_read_whole(tmp_path, model_file):
+    """/dev/zero has no line break: csv would read it whole (GBs) before its field limit."""
+    with open("/dev/zero", "rb") as zero:
+        result = subprocess.run(
+            [sys.executable, "-m", "torchreg.predict", "--model", "m.pt", "--input", "-"],
+            cwd=tmp_path, env=subprocess_env(ROOT / "src"), stdin=zero,
+            capture_output=True, text=True, timeout=60, preexec_fn=limit_memory,
+        )  # fmt: skip
+    line = one_line(result)
+    assert "standard input: row 1 is longer than 806 characters, more than 4 cells" in line
+
+
+def limit_memory():
+    """A ceiling for the child, so that an unbounded read fails fast instead of filling the
+    machine (torch alone maps about 1 GiB of address space)."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+
+PEAK_RSS = (
+    "import atexit, resource, runpy, sys; atexit.register(lambda: print('RSS', "
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); "
+    "sys.argv = ['predict', *sys.argv[1:]]; runpy.run_module('torchreg.predict', "
+    "run_name='__main__')"
+)
+
+
+def peak_rss_mib(cwd, *args) -> tuple[subprocess.CompletedProcess, float]:
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *args], cwd=cwd, env=subprocess_env(ROOT / "src"),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+        preexec_fn=limit_memory,
+    )  # fmt: skip
+    rss = [ln for ln in result.stderr.splitlines() if ln.startswith("RSS ")]
+    result.stderr = "\n".join(ln for ln in result.stderr.splitlines() if not ln.startswith("RSS "))
+    return result, int(rss[-1].split()[1]) / 1024 if rss else float("nan")
+
+
+def test_a_100_mb_line_costs_no_more_memory_than_a_short_one(tmp_path, model_file):
+    (tmp_path / "short.csv").write_text("1,0,0\n")
+    with (tmp_path / "long.csv").open("w") as f:
+        f.write("1," * (50 * 2**20) + "1\n")
+    short, base = peak_rss_mib(tmp_path, "--model", "m.pt", "--input", "short.csv")
+    assert "row 1 has 3 columns" in one_line(short)
+    long, peak = peak_rss_mib(tmp_path, "--model", "m.pt", "--input", "long.csv")
+    assert "long.csv: row 1 is longer than 806 characters" in one_line(long)
+    assert peak - base < 20, f"a 100 MB line took {peak - base:.0f} MiB more than a short one"
+
+
+def test_a_quoted_cell_cannot_join_lines_into_one_unbounded_row(tmp_path, model_file):
+    (tmp_path / "rows.csv").write_text('1,0,0,"' + "1\n" * 2000 + '"\n')
+    with pytest.raises(DataError, match="row 1 is longer than 806 characters"):
+        run(model_file, tmp_path / "rows.csv", None)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("x0;x1;x2;x3\n1;0;0;0\n", "header has 1 columns but the model expects 4: its cells "
+         "are separated by semicolons; the input must be comma-separated"),
+        ("x0\tx1\tx2\tx3\n1\t0\t0\t0\n", "separated by tabs"),
+        ("1;0;0;0\n", "has 1 columns but the model expects 4: its cells are separated by "
+         "semicolons"),
+        ("1 0 0 0\n", "separated by spaces"),
+        ("1,0,0,0\n1;0;0;0\n", "row 2 has 1 columns, the model expects 4: its cells are "
+         "separated by semicolons"),
+        ("1,0,0\n", "row 1 has 3 columns, the model expects 4"),  # no separator to blame
+    ],
+)  # fmt: skip
+def test_another_separator_is_named(tmp_path, model_file, text, expected):
+    (tmp_path / "rows.csv").write_text(text)
+    with pytest.raises(DataError) as exc:
+        run(model_file, tmp_path / "rows.csv", None)
+    assert expected in str(exc.value)
+    if "separated" not in expected:
+        assert "separated" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "redirect,expected",
+    [
+        ("<&-", "predict: error: --input -: standard input is closed"),
+        (">&-", "predict: error: standard output is closed"),
+        (">/dev/full", "predict: error: cannot write standard output: No space left on device"),
+    ],
+    ids=["stdin-closed", "stdout-closed", "stdout-full"],
+)
+def test_closed_or_full_standard_streams_are_one_line(tmp_path, model_file, redirect, expected):
+    (tmp_path / "rows.csv").write_text("1,0,0,0\n" * 10_000)
+    source = "-" if redirect == "<&-" else "rows.csv"
+    command = f'"{sys.executable}" -m torchreg.predict --model m.pt --input {source} {redirect}'
+    result = subprocess.run(
+        ["bash", "-c", command], cwd=tmp_path, env=subprocess_env(ROOT / "src"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.stderr.startswith(expected), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and result.returncode == 2, result.stderr
+
+
+def test_predictions_beyond_float32_are_refused_not_printed(tmp_path, params):
+    model = build_model(params.model, 4, 0.01, seeded(0, "init"))
+    with torch.no_grad():
+        model.w.copy_(torch.tensor([3e38, 3e38, 0.0, 0.0]))
+    save_model(tmp_path / "big.safetensors", model, params.model, 4)
+    (tmp_path / "rows.csv").write_text("x0,x1,x2,x3\n1,0,0,0\n1,1,0,0\n")
+    with pytest.raises(DataError, match=r"rows.csv: row 3: the model predicts inf \(beyond"):
+        run(tmp_path / "big.safetensors", tmp_path / "rows.csv", tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_an_output_under_a_regular_file_names_that_file(tmp_path, model_file):
+    (tmp_path / "rows.csv").write_text("1,0,0,0\n")
+    args = ("--model", "m.pt", "--input", "rows.csv", "--output", "rows.csv/out.csv")
+    line = one_line(cli(tmp_path, *args))
+    assert line == (
+        "predict: error: cannot write rows.csv/out.csv: rows.csv is a file, not a folder "
+        "(choose a path under a folder)"
+    )

@@ -38,6 +38,9 @@ MAX_WIDTH = 65536
 MAX_VALUES = 100_000
 # Problems listed in one message; the rest are counted.
 MAX_PROBLEMS = 2
+# A valid file is a few KB; reading more than this whole would only feed the parser.
+MAX_PARAMS_BYTES = 4 << 20
+TOO_DEEP = "nested too deeply: params are a few sections of scalars and lists"
 
 
 def _yaml_number(value: Any) -> Any:
@@ -183,6 +186,8 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     _check_size(raw, source)
     try:
         return Params.model_validate(raw)
+    except RecursionError:
+        raise ConfigError(f"{source}: {TOO_DEEP}") from None
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False)
         message = "; ".join(_describe(e, source) for e in errors[:MAX_PROBLEMS])
@@ -223,7 +228,13 @@ def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     path = Path(path)
     try:
         with open_input(path) as f:  # a FIFO or a directory is refused, never waited on
-            text = f.read().decode("utf-8")
+            data = f.read(MAX_PARAMS_BYTES + 1)
+        if len(data) > MAX_PARAMS_BYTES:
+            raise ConfigError(
+                f"{path}: over {MAX_PARAMS_BYTES >> 20} MiB: a params file is a few KB of "
+                "sections (data, model, train, plot)"
+            )
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found (run from the repository root)") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -244,6 +255,8 @@ def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         raise ConfigError(_one_line(f"{path}: not valid YAML{where}: {problem}")) from None
     except ValueError as exc:  # a scalar its tag cannot hold: `!!float abc`, `2024-13-45`
         raise ConfigError(_one_line(f"{path}: not valid YAML: {clip(str(exc), 120)}")) from None
+    except RecursionError:  # the parser recurses once a level: 5000 nested maps overflow it
+        raise ConfigError(f"{path}: {TOO_DEEP}") from None
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{path}: expected a mapping of sections (data, model, train, plot, compute)"

@@ -19,6 +19,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -151,13 +152,44 @@ def _sizes(*sizes: int) -> list[str]:
     return [f"{s} bytes" for s in sizes]
 
 
+# A data file carries the sha256 of its header's array description and of its rows, as a
+# Python comment after the .npy header's dict: numpy parses that dict with a literal parser
+# that skips comments, so np.load reads the file as before, while DataFile refuses a file
+# whose bytes or dtype/shape/order were changed since generate wrote it (a damaged copy that
+# `dvc checkout` restored from the cache without checking, a flipped bit on disk).
+NPY_MAGIC = b"\x93NUMPY"
+DIGEST_NOTE = "  # sha256 "
+# A data file's header is under 256 bytes (the dict, the digest, padding). numpy's own reader
+# would read a header up to 10,000 bytes, then advise `allow_pickle=True` for a larger one.
+MAX_HEADER_BYTES = 4096
+_VERIFIED: set[tuple[int, ...]] = set()  # files whose digest this process has checked
+
+
+def _header_dict(rows: int, columns: int) -> str:
+    return f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {columns}), }}"
+
+
+def _npy_header(text: str) -> bytes:
+    """A version 1.0 .npy header holding `text`, padded as numpy pads it (to 64 bytes)."""
+    size = len(NPY_MAGIC) + 4 + len(text) + 1
+    body = text + " " * (-size % 64) + "\n"
+    return NPY_MAGIC + b"\x01\x00" + len(body).to_bytes(2, "little") + body.encode("latin1")
+
+
 def write_dataset(path: str | Path, cfg: DataConfig, split: str, rows: int) -> None:
-    """Write the .npy header, then the blocks one after another: memory stays at one block."""
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
-        header = {"descr": "<f4", "fortran_order": False, "shape": (rows, cfg.n_features + 1)}
-        np.lib.format.write_array_header_1_0(f, header)
+    """Write the .npy header, then the blocks one after another: memory stays at one block.
+    The digest is hashed as the blocks go out and written into the header last."""
+    described = _header_dict(rows, cfg.n_features + 1)
+    header = _npy_header(described + DIGEST_NOTE + "0" * 64)
+    digest = hashlib.sha256(described.encode("latin1"))
+    with atomic_path(path) as tmp, tmp.open("w+b") as f:
+        f.write(header)
         for block, start in enumerate(range(0, rows, CHUNK_ROWS)):
-            make_block(cfg, split, block, min(CHUNK_ROWS, rows - start)).tofile(f)
+            data = make_block(cfg, split, block, min(CHUNK_ROWS, rows - start))
+            digest.update(memoryview(data).cast("B"))
+            data.tofile(f)
+        f.seek(header.index(DIGEST_NOTE.encode()) + len(DIGEST_NOTE))
+        f.write(digest.hexdigest().encode())
 
 
 class DataFile:
@@ -166,33 +198,98 @@ class DataFile:
 
     def __init__(self, path: str | Path, missing_hint: str | None = GENERATE_HINT) -> None:
         """`missing_hint`: the advice when the file does not exist (the generate stage's advice
-        fits only the paths that stage writes)."""
+        fits only the paths that stage writes). A file that carries a digest (every file the
+        generate stage writes) is read once through to check it; a plain .npy of the user's
+        own is checked for its type and shape only."""
         self.path = Path(path)
+        self._rebuild = f"rebuild it ({missing_hint.split('(', 1)[-1]}" if missing_hint else ""
         try:
             with open_input(self.path) as f:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-                else:
-                    shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+                described, note = self._read_header(f)
                 self._offset = f.tell()
                 size = os.fstat(f.fileno()).st_size
+                identity = _identity(os.fstat(f.fileno()))
         except FileNotFoundError:
             advice = f": {missing_hint}" if missing_hint else ""
             raise DataError(f"{self.path} not found{advice}") from None
-        except (ValueError, OSError, EOFError) as exc:
-            raise DataError(f"{self.path}: not a valid data file ({exc})") from None
-        if dtype != np.float32 or len(shape) != 2:
+        except OSError as exc:
+            raise DataError(f"{self.path}: cannot be read ({exc.strerror or exc})") from None
+        expected = self._offset + self.rows * self.columns * 4
+        if size != expected:
+            which = "shorter" if size < expected else "longer"
             raise DataError(
-                f"{self.path}: expected a 2-D float32 array, got {dtype} array of shape {shape}"
+                f"{self.path}: not a valid data file ({which} than its header says: "
+                f"{size} bytes, the header needs {expected})"
             )
-        if shape[0] < 1 or shape[1] < 2 or fortran_order:
-            raise DataError(f"{self.path}: expected at least 1 row and 2 columns, got {shape}")
-        self.rows, self.columns = shape
-        if size < self._offset + self.rows * self.columns * 4:
+        if note is not None and identity not in _VERIFIED:
+            self._verify(described, note)
+            _VERIFIED.add(identity)
+
+    def _read_header(self, f: BinaryIO) -> tuple[str, str | None]:
+        """Check the .npy header (its size bounded before it is read) and set rows and
+        columns; return the header's dict text and the digest it carries, if any."""
+        start = f.read(len(NPY_MAGIC) + 2)
+        if len(start) < len(NPY_MAGIC) + 2 or not start.startswith(NPY_MAGIC):
+            raise DataError(f"{self.path}: not a valid data file (not a .npy file)")
+        width = {1: 2, 2: 4, 3: 4}.get(start[-2])
+        if width is None:
+            raise DataError(f"{self.path}: not a valid data file (.npy version {start[-2]})")
+        length = int.from_bytes(f.read(width), "little")
+        if length > MAX_HEADER_BYTES:
             raise DataError(
-                f"{self.path}: not a valid data file (shorter than its header says: "
-                f"{size} bytes, the header needs {self._offset + self.rows * self.columns * 4})"
+                f"{self.path}: not a valid data file (its .npy header is {length:,} bytes; a "
+                f"data file's is under {MAX_HEADER_BYTES:,})"
+            )
+        text = f.read(length).decode("latin1")
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran_order, dtype = read(f, max_header_size=MAX_HEADER_BYTES)
+        except (ValueError, OSError, EOFError, SyntaxError) as exc:
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise DataError(f"{self.path}: not a valid data file ({reason})") from None
+        if dtype != np.float32 or dtype.byteorder == ">":
+            raise DataError(
+                f"{self.path}: holds {dtype.str} ({dtype}) values; a data file holds "
+                "little-endian float32 ('<f4')"
+            )
+        if len(shape) != 2:
+            raise DataError(
+                f"{self.path}: a {len(shape)}-D array of shape {shape}; a data file is 2-D "
+                "(rows, features then y)"
+            )
+        if fortran_order:
+            raise DataError(
+                f"{self.path}: stored in Fortran (column-major) order; a data file stores its "
+                "rows one after another (C order): save it with "
+                "np.save(path, np.ascontiguousarray(array))"
+            )
+        if shape[0] < 1 or shape[1] < 2:
+            raise DataError(
+                f"{self.path}: expected at least 1 row and 2 columns (features, then y), "
+                f"got {shape}"
+            )
+        self.rows, self.columns = shape
+        described, found, note = text.partition(DIGEST_NOTE)
+        return described, note.strip() if found else None
+
+    def _verify(self, described: str, note: str) -> None:
+        """Hash the header's dict and every row, a block at a time, against the digest."""
+        digest = hashlib.sha256(described.encode("latin1"))
+        buffer = bytearray(16 << 20)
+        with open_input(self.path) as f:
+            f.seek(self._offset)
+            while n := f.readinto(buffer):
+                digest.update(memoryview(buffer)[:n])
+        if digest.hexdigest() != note:
+            advice = f": {self._rebuild}" if self._rebuild else ""
+            raise DataError(
+                f"{self.path}: damaged (its content does not match the sha256 it carries){advice}"
             )
 
     @property
@@ -213,6 +310,11 @@ class DataFile:
     def blocks(self, rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
         for start in range(0, self.rows, rows):
             yield self.read(start, start + rows)
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """A file as it is now: another file, or this one changed, has another identity."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class ArrayRows(DataFile):

@@ -16,6 +16,7 @@ from torch import nn
 
 from torchreg.config import DataConfig, noise_floor_mae
 from torchreg.data import CHUNK_ROWS, DataFile, as_rows, true_function
+from torchreg.errors import DataError
 from torchreg.model import LinearRegression
 from torchreg.training import HUBER_DELTA, LOSSES
 
@@ -47,6 +48,11 @@ def prediction_errors(model: nn.Module, rows: Rows) -> dict[str, float]:
         abs_sum += r.abs().sum().item()
         sq_sum += (r * r).sum().item()
         n += len(chunk)
+    if not math.isfinite(sq_sum):  # a NaN or infinity in the sum: never a metric to write
+        raise DataError(
+            f"{as_rows(rows).path}: the model's predictions are not finite (beyond float32): "
+            "its weights are too large for these rows"
+        )
     # math.sqrt is the exact instruction; `** 0.5` is the C library's pow, not always so.
     return {"mae": abs_sum / n, "rmse": math.sqrt(sq_sum / n)}
 

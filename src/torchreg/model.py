@@ -6,10 +6,13 @@ them; with `activation: none` the stack is still one linear map (the tutorial's 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import safetensors.torch
 import torch
@@ -22,8 +25,9 @@ from torchreg.errors import ConfigError, DataError
 from torchreg.files import open_input, write_bytes
 from torchreg.parallel import Linear
 
-FORMAT_VERSION = 2  # 1 was a torch.save archive
+FORMAT_VERSION = 3  # 1 was a torch.save archive; 2 had no content digest
 METADATA_KEY = "torchreg"
+DIGEST_KEY = "sha256"  # in the metadata header: see write_sealed
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "none": nn.Identity}
 
 
@@ -82,23 +86,138 @@ def build_model(
 
 
 def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, n_features: int) -> None:
-    """Write the weights as safetensors, with the config in the file's metadata.
+    """Write the weights as a sealed safetensors file, with the config in its metadata.
 
     Not torch.save: its zip archive carries a `serialization_id` hashed from an unordered set of
     record names (pytorch/pytorch#184219) and a pickle. A safetensors file is a JSON header plus
     the raw tensors in a fixed order: the same weights give the same bytes, and loading it can
     never run code.
     """
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    # One metadata key: safetensors keeps metadata in a hash map, so several keys could come out
-    # in any order.
     header = {
         "format": FORMAT_VERSION,
         "config": cfg.model_dump(mode="json"),
         "n_features": n_features,
     }
-    metadata = {METADATA_KEY: json.dumps(header, sort_keys=True)}
-    write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
+    write_sealed(path, model.state_dict(), header)
+
+
+def write_sealed(path: str | Path, tensors: Mapping[str, torch.Tensor], header: dict) -> None:
+    """Write `tensors` as safetensors whose metadata holds `header` and a sha256 of the whole
+    file but that digest: every tensor's name, dtype, shape and bytes, and `header`.
+    `read_sealed` gives them back only if they are unchanged and every float is finite.
+    Same tensors and header, same bytes. A NaN or infinite value is refused here: a model
+    file never holds one."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise DataError(f"cannot write {path}: {name} holds a NaN or infinite value")
+    # The digest covers the file as written without it; the tensors' offsets do not move
+    # when it is added, since they count from the end of the JSON header.
+    unsealed = safetensors.torch.save(tensors, metadata=_metadata(header))
+    table, payload = _split(unsealed)
+    sealed = {**header, DIGEST_KEY: _digest(table, header, payload)}
+    write_bytes(path, safetensors.torch.save(tensors, metadata=_metadata(sealed)))
+
+
+def _metadata(header: dict) -> dict[str, str]:
+    # One metadata key: safetensors keeps metadata in a hash map, so several keys could come
+    # out in any order.
+    return {METADATA_KEY: json.dumps(header, sort_keys=True)}
+
+
+def _check_size(f: BinaryIO, size: int, path: Path, what: str) -> None:
+    """Refuse a file whose length is not the one its header describes, reading only the
+    header: a huge file is never read whole to find out it is not what it claims."""
+    try:
+        length = int.from_bytes(f.read(8), "little")
+        if size < 8 or length > min(MAX_HEADER_BYTES, size - 8):
+            raise ValueError(f"a header of {length:,} bytes in a file of {size:,}")
+        table = json.loads(f.read(length))
+        ends = [v["data_offsets"][1] for k, v in table.items() if k != "__metadata__"]
+        described = 8 + length + max(ends, default=0)
+    except RecursionError:
+        raise DataError(f"{path}: not a valid {what} (its header is nested too deeply)") from None
+    except Exception as exc:  # json, and a table of the wrong shape, raise many types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a valid {what} ({reason[:200]})") from None
+    if described != size:
+        raise DataError(
+            f"{path}: not a valid {what} (its header describes {described:,} bytes, the file "
+            f"has {size:,})"
+        )
+    f.seek(0)
+
+
+def _split(data: bytes) -> tuple[dict, memoryview]:
+    """A safetensors file's JSON header (less the size check the caller does) and its tensors'
+    bytes."""
+    size = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or size > min(MAX_HEADER_BYTES, len(data) - 8):
+        raise ValueError(f"a header of {size:,} bytes in a file of {len(data):,}")
+    return json.loads(data[8 : 8 + size]), memoryview(data)[8 + size :]
+
+
+def _digest(table: dict, header: dict, payload: memoryview) -> str:
+    """sha256 of the tensor table (names, dtypes, shapes, offsets), `header` and the bytes."""
+    table = {k: v for k, v in table.items() if k != "__metadata__"}
+    described = json.dumps([table, header], sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(described.encode())
+    digest.update(payload)
+    return digest.hexdigest()
+
+
+# A model file's JSON header is a few KB (up to 130 tensors and the config); a larger one is
+# not a model file, and is refused before it is parsed.
+MAX_HEADER_BYTES = 1 << 20
+
+
+def read_sealed(
+    path: str | Path, what: str = "model file", missing_hint: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and header of a file `write_sealed` wrote, proven unchanged (its digest)
+    and finite, or one DataError naming `path`, `what` it should be and the cause.
+    `missing_hint` is the advice when the file does not exist.
+
+    The file is read through `open_input` (a regular file, never a FIFO that would block) and
+    parsed from memory: its JSON header first (at most MAX_HEADER_BYTES), then the rest only if
+    the file is exactly as long as that header says and the machine can hold it twice."""
+    path = Path(path)
+    try:
+        with open_input(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            _check_size(f, size, path, what)
+            check_memory(2 * size, f"the {what} {path}", "this machine cannot use it")
+            data = f.read()
+    except FileNotFoundError:
+        advice = f": {missing_hint}" if missing_hint else ""
+        raise DataError(f"{path} not found{advice}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    rebuild = f": rebuild it ({missing_hint.split('(', 1)[-1]}" if missing_hint else ""
+    try:
+        table, payload = _split(data)
+        header = json.loads((table.get("__metadata__") or {})[METADATA_KEY])
+        if not isinstance(header, dict) or not isinstance(header.get(DIGEST_KEY), str):
+            raise DataError(
+                f"{path}: not a {what} written by this version (no content digest){rebuild}"
+            )
+        carried = header.pop(DIGEST_KEY)
+        if _digest(table, header, payload) != carried:
+            raise DataError(
+                f"{path}: damaged (its content does not match the sha256 it carries){rebuild}"
+            )
+        state = safetensors.torch.load(data)  # checks the offsets and sizes too
+    except DataError:
+        raise
+    except RecursionError:
+        raise DataError(f"{path}: not a valid {what} (its header is nested too deeply)") from None
+    except Exception as exc:  # safetensors, json and the checks above raise many types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a valid {what} ({reason[:200]})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise DataError(f"{path}: {name} holds a NaN or infinite value{rebuild}")
+    return state, header
 
 
 TRAIN_HINT = "run the train stage first (dvc repro train)"
@@ -107,39 +226,24 @@ TRAIN_HINT = "run the train stage first (dvc repro train)"
 def load_model(
     path: str | Path, missing_hint: str | None = TRAIN_HINT
 ) -> tuple[nn.Module, ModelConfig, int]:
-    """Load a model file: the config is checked, then every tensor's shape against it, before
-    the network is built. `missing_hint` is the advice when the file does not exist (the train
-    stage's advice fits only the path that stage writes).
-
-    The file is read through `open_input` (a regular file, never a FIFO that would block) and
-    parsed from memory: a model file is small, and safetensors.safe_open would reopen the path.
-    """
+    """Load a model file: its digest and finite weights are checked (`read_sealed`), then the
+    config, then every tensor's shape against it, before the network is built.
+    `missing_hint` is the advice when the file does not exist (the train stage's advice fits
+    only the path that stage writes)."""
     path = Path(path)
+    state, header = read_sealed(path, "model file", missing_hint)
     try:
-        with open_input(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            check_memory(2 * size, f"the model file {path}", "this machine cannot use it")
-            data = f.read()
-    except FileNotFoundError:
-        advice = f": {missing_hint}" if missing_hint else ""
-        raise DataError(f"{path} not found{advice}") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    try:
-        state = safetensors.torch.load(data)  # checks the header, offsets and sizes
-        size = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
-        header = json.loads(metadata[METADATA_KEY])
-        if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+        if header.get("format") != FORMAT_VERSION:
             raise DataError(f"{path}: not a model file written by the train stage")
         cfg = ModelConfig.model_validate(header["config"])
         n_features = header["n_features"]
         expected = _shapes(cfg, n_features)
         shapes = {name: tuple(t.shape) for name, t in state.items()}
-        if shapes != expected:
+        dtypes = {str(t.dtype).removeprefix("torch.") for t in state.values()}
+        if shapes != expected or dtypes != {"float32"}:
             raise DataError(
-                f"{path}: model file is inconsistent (tensors {_short(shapes)}, "
-                f"the config needs {_short(expected)})"
+                f"{path}: model file is inconsistent (tensors {_short(shapes)} of "
+                f"{', '.join(sorted(dtypes))}, the config needs {_short(expected)} of float32)"
             )
         check_memory(
             2 * model_bytes(cfg, n_features, CHUNK_ROWS),
@@ -148,7 +252,7 @@ def load_model(
         )
     except (ConfigError, DataError):
         raise
-    except Exception as exc:  # safetensors, json and pydantic raise many types for bad files
+    except Exception as exc:  # pydantic and a header of the wrong types raise many types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: not a valid model file ({reason[:200]})") from None
     model = build_model(cfg, n_features, 0.0, torch.Generator())

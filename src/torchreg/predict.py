@@ -14,6 +14,11 @@ on standard output the chunks before the bad row have already been written: the 
 
 from __future__ import annotations
 
+from torchreg.stage import quiet_interrupts, run_main
+
+if __name__ == "__main__":  # first: Ctrl-C during the imports below is one line too
+    quiet_interrupts("predict")
+
 import argparse
 import csv
 import io
@@ -30,15 +35,17 @@ import torch
 
 from torchreg.errors import DataError
 from torchreg.evaluation import predict
-from torchreg.files import atomic_path, open_input
+from torchreg.files import atomic_path, check_writable, open_input
 from torchreg.model import TRAIN_HINT, load_model
-from torchreg.stage import run_main
 
 DEFAULT_MODEL = Path("models/model.safetensors")
 STDIO = Path("-")
 # Rows parsed, predicted and written at a time: large enough that the model call and the
 # write are cheap per row, small enough that a chunk (as text and as floats) is a few MB.
 CHUNK_ROWS = 65536
+# The longest cell a row may have, spaces included: a float32 in any notation needs under 60
+# characters; a header name is a short label. It bounds what a row may cost to read.
+MAX_CELL_CHARS = 200
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -62,7 +69,10 @@ class RowReader:
 
     def __init__(self, f: TextIO, name: str, n_features: int) -> None:
         self.name, self.n_features = name, n_features
-        self._rows = (row for row in csv.reader(f) if row)
+        # A row is read only up to what n_features cells can need, before csv sees it.
+        self.max_chars = n_features * (MAX_CELL_CHARS + 1) + 2
+        self._chars = 0  # characters of the row being read (a quoted cell spans lines)
+        self._rows = self._nonblank(csv.reader(self._lines(f)))
         self._number = 0
         try:
             first = next(self._rows, None)
@@ -76,11 +86,31 @@ class RowReader:
             self._number = 1
             if len(cells) != n_features:
                 raise DataError(
-                    f"{name}: header has {len(cells)} columns but the model expects {n_features}"
+                    f"{name}: header has {len(cells)} columns but the model expects "
+                    f"{n_features}{separator_hint(first, n_features)}"
                 )
             self.header, self._pending = cells, []
         else:
             self.header, self._pending = [f"x{j}" for j in range(n_features)], [first]
+
+    def _lines(self, f: TextIO) -> Iterator[str]:
+        """The input's lines; a row longer than `max_chars` is refused before it is read
+        whole (/dev/zero has no line break at all)."""
+        while line := f.readline(self.max_chars + 1):
+            self._chars += len(line)
+            if self._chars > self.max_chars:
+                raise DataError(
+                    f"{self.name}: row {self._number + 1} is longer than {self.max_chars:,} "
+                    f"characters, more than {self.n_features} cells of at most "
+                    f"{MAX_CELL_CHARS} can need: not a CSV of numbers (binary, or no line breaks?)"
+                )
+            yield line
+
+    def _nonblank(self, rows: Iterator[list[str]]) -> Iterator[list[str]]:
+        for row in rows:
+            self._chars = 0
+            if row:
+                yield row
 
     def _no_rows(self) -> DataError:
         return DataError(
@@ -135,7 +165,10 @@ class RowReader:
     def _check(self, row: list[str], number: int) -> tuple[str, list[float]]:
         where = f"{self.name}: row {number}"
         if len(row) != self.n_features:
-            raise DataError(f"{where} has {len(row)} columns, the model expects {self.n_features}")
+            raise DataError(
+                f"{where} has {len(row)} columns, the model expects {self.n_features}"
+                f"{separator_hint(row, self.n_features)}"
+            )
         cells = [c.strip() for c in row]
         try:
             parsed = [float(c) for c in cells]
@@ -153,6 +186,18 @@ class RowReader:
                 f"{where} has a value beyond the model's float32 range (+-{FLOAT32_MAX:.4g}): {row}"
             )
         return ",".join(cells), parsed
+
+
+def separator_hint(row: list[str], n_features: int) -> str:
+    """When a row split on another separator has the model's column count, say so: "header
+    has 1 columns" alone blames the columns, not the separator."""
+    text = ",".join(row)
+    for separator, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+        if separator in text and len(text.split(separator)) == n_features:
+            return f": its cells are separated by {name}; the input must be comma-separated"
+    if len(text.split()) == n_features and len(row) == 1:
+        return ": its cells are separated by spaces; the input must be comma-separated"
+    return ""
 
 
 def _has_space(text: str) -> bool:
@@ -189,6 +234,13 @@ def run(
     """Predict every row of `input_path` ("-": standard input) into `output` (None or "-":
     standard output); returns the number of rows predicted."""
     check_paths(input_path, output)
+    to_stdout = output is None or output == STDIO
+    if input_path == STDIO and sys.stdin is None:
+        raise DataError("--input -: standard input is closed: redirect the rows into it")
+    if to_stdout and sys.stdout is None:
+        raise DataError("standard output is closed: redirect it, or name a file with --output")
+    if not to_stdout:
+        check_writable(output)  # before the model and the rows are read
     model, _, n_features = load_model(model_path, missing_hint)
     if input_path == STDIO:
         source: TextIO = io.TextIOWrapper(
@@ -207,21 +259,39 @@ def run(
         source, name = io.TextIOWrapper(binary, encoding="utf-8", newline=""), str(input_path)
     with source:
         reader = RowReader(source, name, n_features)
-        if output is None or output == STDIO:
+        if to_stdout:
             try:
                 return _predict_into(sys.stdout, reader, model)
             except BrokenPipeError:  # the reader left (`| head`): stop quietly, like Unix tools
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                _drop_stdout()
                 sys.exit(141)
+            except OSError as exc:  # /dev/full, a disk that filled up
+                _drop_stdout()
+                raise DataError(f"cannot write standard output: {exc.strerror or exc}") from None
         with atomic_path(output) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
             return _predict_into(f, reader, model)
+
+
+def _drop_stdout() -> None:
+    """Point standard output at /dev/null, so the interpreter's last flush of what is still
+    buffered cannot fail a second time (as a traceback) on the way out."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _predict_into(out: TextIO, reader: RowReader, model: torch.nn.Module) -> int:
     write_header(out, reader.header)
     rows = 0
     for texts, x in reader.chunks():
-        write_chunk(out, texts, predict(model, x))
+        predicted = predict(model, x)
+        finite = torch.isfinite(predicted)
+        if not bool(finite.all()):
+            i = int((~finite).nonzero()[0])
+            number = rows + i + 1 + int(reader.has_header)
+            raise DataError(
+                f"{reader.name}: row {number}: the model predicts {predicted[i].item()} (beyond "
+                "float32): its weights are too large for this row"
+            )
+        write_chunk(out, texts, predicted)
         rows += len(texts)
     out.flush()
     return rows

@@ -36,6 +36,32 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signum)
 
 
+def quiet_interrupts(stage: str) -> None:
+    """Until `run_main` takes over, end the process on Ctrl-C or SIGTERM with its one line.
+
+    A stage calls this before its heavy imports (torch takes seconds): an interrupt there
+    would otherwise print a traceback through the import machinery. Nothing has been written
+    yet, so exiting at once loses nothing."""
+
+    def stop(signum: int, frame: object) -> None:
+        _say_interrupted(stage, signum)
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # `nohup`, `cmd &`: stay ignored
+            signal.signal(signum, stop)
+    _quiet.add(stop)
+
+
+_quiet: set[Callable] = set()  # the handlers quiet_interrupts installed
+
+
+def _say_interrupted(stage: str, signum: int) -> None:
+    if os.environ.get(LAUNCHER_ENV, str(os.getpid())) == str(os.getpid()):
+        name = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        print(f"{stage}: {name}; no output was written", file=sys.stderr)
+
+
 def run_main(stage: str, body: Callable[[], object]) -> None:
     """Run a stage body; a user mistake, Ctrl-C or SIGTERM ends it with one line, not a
     traceback (exit 2 for a mistake, 128 + the signal's number for an interrupt)."""
@@ -44,6 +70,8 @@ def run_main(stage: str, body: Callable[[], object]) -> None:
         format=f"{stage}: %(message)s",
         stream=sys.stderr,
     )
+    if signal.getsignal(signal.SIGINT) in _quiet:  # from here on, clean up first
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: clean up, one line
     try:
         body()
@@ -52,9 +80,7 @@ def run_main(stage: str, body: Callable[[], object]) -> None:
         sys.exit(2)
     except KeyboardInterrupt as exc:
         signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
-        if os.environ.get(LAUNCHER_ENV, str(os.getpid())) == str(os.getpid()):
-            name = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
-            print(f"{stage}: {name}; no output was written", file=sys.stderr)
+        _say_interrupted(stage, signum)
         sys.exit(128 + signum)
 
 
