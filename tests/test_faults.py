@@ -132,21 +132,33 @@ def test_killed_while_writing_keeps_the_old_output(repo, sig):
     assert (repo / "data/train.npy").read_bytes() == old
 
 
-def test_ctrl_c_during_training_exits_promptly(repo):
+@pytest.mark.parametrize(
+    ("sig", "message"),
+    [
+        (signal.SIGINT, "train: interrupted; no output was written"),  # Ctrl-C
+        (signal.SIGTERM, "train: terminated (SIGTERM); no output was written"),
+    ],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_an_interrupt_during_training_exits_within_a_second(repo, sig, message):
     run_stage(repo, "generate", check=True)
     set_params(repo, train__epochs=1_000_000)
-    proc = start_stage(repo, "train")
-    for line in proc.stderr:
-        if "epoch 1/" in line:
+    for _ in range(2):  # a second try only if a busy machine slowed the first
+        proc = start_stage(repo, "train")
+        for line in proc.stderr:
+            if "epoch 1/" in line:
+                break
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+        assert proc.returncode == 128 + sig
+        assert stderr.strip().splitlines() == [message]
+        assert not (repo / "models/model.safetensors").exists()
+        assert not (repo / "dvclive").exists()
+        if took < 1.0:
             break
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
-    assert time.monotonic() - sent < 5
-    assert proc.returncode == 130
-    assert stderr.strip().splitlines() == ["train: interrupted; no output was written"]
-    assert not (repo / "models/model.safetensors").exists()
-    assert not (repo / "dvclive").exists()
+    assert took < 1.0, f"exited {took:.2f} s after {sig.name}, twice"
 
 
 def test_divergence_names_the_epoch_and_writes_no_model(repo):
@@ -289,21 +301,6 @@ def test_nan_in_the_data_names_the_row_not_the_learning_rate(repo):
     for name in ("train", "evaluate"):
         line = one_clean_line(run_stage(repo, name), name)
         assert "data/train.npy: row 7 has a NaN or infinite value" in line, line
-
-
-def test_sigterm_is_handled_like_ctrl_c(repo):
-    run_stage(repo, "generate", check=True)
-    set_params(repo, train__epochs=1_000_000)
-    proc = start_stage(repo, "train")
-    for line in proc.stderr:
-        if "epoch 1/" in line:
-            break
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 128 + signal.SIGTERM
-    assert stderr.strip().splitlines() == ["train: terminated (SIGTERM); no output was written"]
-    assert not (repo / "models/model.safetensors").exists()
-    assert not (repo / "dvclive").exists()
 
 
 @pytest.mark.parametrize(
