@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from torchreg.data import make_block
+from torchreg.data import ArrayRows, make_block
 from torchreg.evaluation import (
     curve_rows,
     evaluate,
@@ -76,7 +76,7 @@ def test_evaluate_reports_weight_errors_and_reference(params):
     assert reference["test_mae"] < 0.01 < mae  # the closed-form fit is near the noise floor
     ratio = metrics["test"]["mae_vs_reference"]
     assert ratio == pytest.approx(metrics["test"]["mae"] / reference["test_mae"], rel=1e-4)
-    assert metrics["noise_floor_mae"] == pytest.approx(0.00797885, rel=1e-5)
+    assert metrics["noise_floor_mae"] == 0.007978846  # 0.01 * sqrt(2 / pi), to 7 digits
 
 
 def test_plot_tables(params):
@@ -235,3 +235,63 @@ def test_metrics_say_whether_the_minimizer_converged(params, monkeypatch):
     monkeypatch.setattr(evaluation, "IRLS_MAX_ROWS", 2 * 500 * 2)  # 2 iterations: too few
     capped = evaluate(model, params.data, train, test, "mae")
     assert capped["reference"]["minimizer_converged"] is False
+
+
+class SmallChunks(ArrayRows):
+    """Rows read 16 at a time (the last chunk partial), as a file of many chunks is."""
+
+    def blocks(self, rows=16):
+        return super().blocks(rows)
+
+
+def flat(metrics: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_many_chunks_give_what_one_gives(params):
+    """Every sum runs over chunks: a file larger than one chunk gets the same figures."""
+    train = torch.from_numpy(make_block(params.data, "train", 0, 100))
+    test = torch.from_numpy(make_block(params.data, "test", 0, 50))
+    model = LinearRegression(4).requires_grad_(False)
+    model.w.copy_(torch.tensor(params.data.true_w) + 0.05)
+    for loss in ("mae", "huber", "mse"):
+        whole = flat(evaluate(model, params.data, train, test, loss))
+        chunked = flat(evaluate(model, params.data, SmallChunks(train), SmallChunks(test), loss))
+        assert chunked.keys() == whole.keys()
+        for key, value in whole.items():
+            assert chunked[key] == pytest.approx(value, rel=1e-5), key
+        assert mean_loss(model, SmallChunks(train), loss) == pytest.approx(
+            mean_loss(model, train, loss), rel=1e-9
+        )
+
+
+@pytest.mark.parametrize("loss", ["mae", "huber", "mse"])
+def test_mean_loss_is_the_mean_per_row_loss(params, loss):
+    rows = torch.from_numpy(make_block(params.data, "train", 0, 100))
+    model = LinearRegression(4).requires_grad_(False)
+    model.b.fill_(3.0)  # residuals on both sides of huber's delta
+    r = (rows[:, :-1] @ model.w + 3.0 - rows[:, -1]).double()
+    per_row = {
+        "mae": r.abs(),
+        "mse": r * r,
+        "huber": torch.where(r.abs() <= 1, r * r / 2, r.abs() - 0.5),
+    }
+    assert mean_loss(model, rows, loss) == pytest.approx(per_row[loss].mean().item(), rel=1e-6)
+
+
+def test_weight_errors_are_against_the_true_values_in_float64(params):
+    """A model holding the true weights rounded to float32 is off by that rounding, not 0."""
+    train = torch.from_numpy(make_block(params.data, "train", 0, 100))
+    model = LinearRegression(4).requires_grad_(False)
+    model.w.copy_(torch.tensor(params.data.true_w))
+    model.b.copy_(torch.tensor(params.data.true_b))
+    learned = evaluate(model, params.data, train, train)["learned"]
+    true_w = torch.tensor(params.data.true_w, dtype=torch.float64)
+    rounding = (true_w.float().double() - true_w).abs().max().item()
+    assert learned["w_max_error"] == pytest.approx(rounding, rel=1e-6) and rounding > 0
