@@ -5,6 +5,7 @@
 #   ./run.sh test-all [pytest options]   the same set-up, then every test (the slow tier too)
 #   ./run.sh setup                       set up .venv if needed, nothing else
 #   ./run.sh lock  [pip-compile options] regenerate requirements.lock (see tools/lock.sh)
+#   ./run.sh mutate [module...]          mutation testing of the package (see tools/mutate.sh)
 # Set-up creates .venv with Python >= 3.11 and installs exactly requirements.lock (every
 # package, pinned, hashed; torch is the CPU build); it is redone from scratch only when
 # requirements.lock or pyproject.toml changes.
@@ -80,5 +81,6 @@ PY
   # The fast tier (a minute or two); `-m slow` after it runs the slow tier alone.
   test) exec python -m pytest -m "not slow" "$@" ;;
   test-all) exec python -m pytest "$@" ;;
-  *) echo "usage: ./run.sh setup|repro|test|test-all|lock [options]" >&2; exit 2 ;;
+  mutate) exec tools/mutate.sh "$@" ;;
+  *) echo "usage: ./run.sh setup|repro|test|test-all|lock|mutate [options]" >&2; exit 2 ;;
 esac

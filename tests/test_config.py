@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from support import ROOT
 from torchreg.config import (
+    MAX_PROBLEMS,
     MAX_ROWS,
     Params,
     load_params,
@@ -346,20 +347,57 @@ def mutated_params(draw):
     return raw
 
 
+def as_parsed(value: object) -> object:
+    """A value as the parser reads it: a string that is a number is that number (YAML 1.1's
+    `1e-3`), a list a tuple."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value.strip())
+    if isinstance(value, list | tuple):
+        return tuple(as_parsed(v) for v in value)
+    return value
+
+
+def assert_one_message(err: ConfigError) -> None:
+    """One line, that starts with the file's name and lists at most MAX_PROBLEMS problems."""
+    text = str(err)
+    assert text.startswith("params.yaml: ") and "\n" not in text
+    assert text.count("params.yaml: ") <= MAX_PROBLEMS
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_params())
 def test_fuzz_parser_returns_params_or_config_error(raw):
+    """A document that parses means what it says: every value in it is the parsed value (no
+    rounding, clamping or default in its place); any other gets one message."""
     try:
         params = parse_params(raw)
     except ConfigError as err:
-        assert str(err) and "\n" not in str(err)
+        assert_one_message(err)
     else:
         assert isinstance(params, Params)
         assert params.train.lr > 0 and math.isfinite(params.train.lr)
+        for section, values in raw.items():
+            for key, value in values.items():
+                assert getattr(getattr(params, section), key) == as_parsed(value), (section, key)
 
 
 @settings(max_examples=200, deadline=None)
 @given(yaml_values)
 def test_fuzz_any_document(raw):
-    with contextlib.suppress(ConfigError):
-        parse_params(raw)
+    """Anything YAML can hold is refused in one message (no document of random values has the
+    four sections a params file needs)."""
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw, "params.yaml")
+    assert_one_message(err.value)
+
+
+def test_a_message_lists_at_most_two_problems(raw_params):
+    for section, key in (("train", "lr"), ("train", "epochs"), ("data", "n_train")):
+        raw_params[section][key] = -1
+    raw_params["model"]["kind"] = "nope"
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw_params)
+    problems = str(err.value).split("; ")
+    assert len(problems) == 3 and problems[2] == "and 2 more problems", str(err.value)
+    assert all(p.startswith("params.yaml: ") for p in problems[:2])

@@ -108,6 +108,8 @@ def test_the_message_tells_close_figures_apart(tmp_path, monkeypatch):
 
 
 def test_a_cache_on_another_file_system_is_checked_on_its_own(tmp_path, monkeypatch):
+    """The data's folder and DVC's cache on two file systems: each must hold its own copy, and
+    a full cache is named in the message, the data's folder not."""
     (tmp_path / ".dvc").mkdir()
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     data = tmp_path / "data/train.npy"
@@ -119,6 +121,24 @@ def test_a_cache_on_another_file_system_is_checked_on_its_own(tmp_path, monkeypa
             self.st_dev = cache_dev if ".dvc" in str(path) else real_stat(path).st_dev
             self.st_mode = real_stat(path).st_mode
 
+    def disk(cache_free: int):
+        asked = []
+
+        def usage(folder):
+            asked.append(str(folder))
+            return Usage(10**12, 0, cache_free if ".dvc" in str(folder) else 150)
+
+        monkeypatch.setattr(shutil, "disk_usage", usage)
+        return asked
+
     monkeypatch.setattr("pathlib.Path.stat", lambda self, **kw: Stat(self))
-    monkeypatch.setattr(shutil, "disk_usage", lambda folder: Usage(10**12, 0, 150))
+    asked = disk(cache_free=150)
     check_disk({data: 100})  # 100 on each file system, 150 free on each
+    assert sorted(asked) == sorted([str(tmp_path / "data"), str(tmp_path / ".dvc")])
+    disk(cache_free=99)  # the data fits; its copy in the cache does not
+    with pytest.raises(DataError, match=r"needs .* \(with .* for DVC's cache copy\) but .*\.dvc/ "):
+        check_disk({data: 100})
+    monkeypatch.setattr("pathlib.Path.stat", lambda self, **kw: real_stat(self))
+    disk(cache_free=150)  # one file system: the data and its copy, 200 in 150
+    with pytest.raises(DataError, match=r"needs 0\.0000002 GB \(with 0\.0000001 GB for DVC"):
+        check_disk({data: 100})

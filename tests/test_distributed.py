@@ -55,9 +55,12 @@ def test_two_processes_match_one_and_repeat_exactly(data_repo):
     for name in one:
         assert torch.allclose(one[name], two[name], atol=TOLERANCE, rtol=0), name
     assert (data_repo / "two-0.pt").read_bytes() == (data_repo / "two-1.pt").read_bytes()
-    # only rank 0 wrote: one loss log, one metrics file
+    # Only rank 0 wrote (both ranks were given the same paths): one row per epoch in the loss
+    # log (a second writer doubles it), one start line.
+    rows = (data_repo / "live0/plots/metrics/train_loss.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in rows[1:]] == [str(e) for e in range(20)], rows
     assert (data_repo / "live0/metrics.json").exists()
-    assert "x 2" in runs[0].stderr  # the log line names the world size
+    assert runs[0].stderr.count("on cpu x 2") == 1, runs[0].stderr  # names the world size
 
 
 def torchrun(repo: Path, port: int, nnodes: int, nproc: int, *args: str) -> subprocess.Popen:

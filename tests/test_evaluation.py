@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from torchreg.data import make_block
+from torchreg.data import ArrayRows, make_block
 from torchreg.errors import DataError
 from torchreg.evaluation import (
     curve_rows,
@@ -26,12 +26,19 @@ def test_least_squares_recovers_exact_solution():
     assert torch.allclose(fit.w, w, atol=1e-5) and fit.b.item() == pytest.approx(b, abs=1e-5)
 
 
+def lstsq_oracle(rows: torch.Tensor) -> torch.Tensor:
+    """[w, b] of the least-squares fit by a QR solve of the whole design (not the normal
+    equations the code accumulates chunk by chunk)."""
+    design = torch.cat([rows[:, :-1], torch.ones(len(rows), 1)], 1).double()
+    return torch.linalg.lstsq(design, rows[:, -1:].double()).solution.squeeze(1)
+
+
 def test_least_squares_matches_lstsq_on_noisy_data(params):
     rows = torch.from_numpy(make_block(params.data, "train", 0, 300))
-    design = torch.cat([rows[:, :-1], torch.ones(300, 1)], 1).double()
-    expected = torch.linalg.lstsq(design, rows[:, -1:].double()).solution.squeeze()
+    expected = lstsq_oracle(rows)
     fit = least_squares(rows)
     assert torch.allclose(fit.w.double(), expected[:4], atol=1e-5)
+    assert fit.b.item() == pytest.approx(expected[4].item(), abs=1e-5)
 
 
 def test_errors_are_mae_and_rmse():
@@ -40,14 +47,37 @@ def test_errors_are_mae_and_rmse():
     assert prediction_errors(model, rows) == {"mae": 2.0, "rmse": pytest.approx(5**0.5)}
 
 
+def oracle_mae(w: torch.Tensor, b: float, rows: torch.Tensor) -> float:
+    return (rows[:, :-1].double() @ w.double() + b - rows[:, -1].double()).abs().mean().item()
+
+
 def test_evaluate_reports_weight_errors_and_reference(params):
+    """A model off the true weights by known amounts, against oracles computed here: its own
+    errors, the closed-form fit's test and train MAE, and their ratio."""
     train = torch.from_numpy(make_block(params.data, "train", 0, 500))
     test = torch.from_numpy(make_block(params.data, "test", 0, 200))
-    model = least_squares(train)
+    model = LinearRegression(4).requires_grad_(False)
+    model.w.copy_(torch.tensor(params.data.true_w) + torch.tensor([0.1, 0.0, -0.25, 0.05]))
+    model.b.copy_(torch.tensor(params.data.true_b - 0.125))
     metrics = evaluate(model, params.data, train, test)
-    assert metrics["test"]["mae"] == pytest.approx(metrics["reference"]["test_mae"], rel=1e-4)
-    assert metrics["learned"]["w_max_error"] < 0.01 and metrics["learned"]["b_error"] < 0.01
-    assert metrics["noise_floor_mae"] == pytest.approx(0.00797885, rel=1e-5)
+    learned = metrics["learned"]
+    assert learned["w_max_error"] == pytest.approx(0.25, rel=1e-5)
+    assert learned["b_error"] == pytest.approx(0.125, rel=1e-5)
+    assert learned["w"] == pytest.approx(model.w.tolist(), rel=1e-6)
+    assert learned["b"] == pytest.approx(model.b.item(), rel=1e-6)
+    mae = oracle_mae(model.w, model.b.item(), test)
+    r = test[:, :-1].double() @ model.w.double() + model.b.item() - test[:, -1].double()
+    assert metrics["test"]["mae"] == pytest.approx(mae, rel=1e-4)
+    assert metrics["test"]["rmse"] == pytest.approx(r.square().mean().sqrt().item(), rel=1e-4)
+    assert metrics["train"]["mae"] == pytest.approx(oracle_mae(model.w, model.b.item(), train))
+    w, b = lstsq_oracle(train).split(4)
+    reference = metrics["reference"]
+    assert reference["test_mae"] == pytest.approx(oracle_mae(w, b.item(), test), rel=1e-4)
+    assert reference["train_mae"] == pytest.approx(oracle_mae(w, b.item(), train), rel=1e-4)
+    assert reference["test_mae"] < 0.01 < mae  # the closed-form fit is near the noise floor
+    ratio = metrics["test"]["mae_vs_reference"]
+    assert ratio == pytest.approx(metrics["test"]["mae"] / reference["test_mae"], rel=1e-4)
+    assert metrics["noise_floor_mae"] == 0.007978846  # 0.01 * sqrt(2 / pi), to 7 digits
 
 
 def test_plot_tables(params):
@@ -112,19 +142,36 @@ def test_huber_lies_between_lad_and_least_squares():
             assert mean_loss(nudged, rows, loss) > best
 
 
-def test_mse_minimizer_is_least_squares(params):
+def test_mse_minimizer_is_the_least_squares_fit(params):
     rows = torch.from_numpy(make_block(params.data, "train", 0, 300))
-    fit, ls = minimizer(rows, "mse"), least_squares(rows)
-    assert torch.equal(fit.w, ls.w) and torch.equal(fit.b, ls.b)
+    fit, converged = minimizer_fit(rows, "mse")
+    expected = lstsq_oracle(rows)  # an independent solve, not the code's least_squares
+    assert converged
+    assert torch.allclose(fit.w.double(), expected[:4], atol=1e-5)
+    assert fit.b.item() == pytest.approx(expected[4].item(), abs=1e-5)
 
 
-def test_evaluate_compares_with_the_minimizer(params):
+@pytest.mark.parametrize("loss", ["mae", "huber", "mse"])
+def test_evaluate_compares_with_the_minimizer(params, loss):
+    """A model that is not the minimizer: the ratio is its test MAE over the minimizer's, and
+    the minimizer's figures are those of the fit of that loss."""
     train = torch.from_numpy(make_block(params.data, "train", 0, 500))
     test = torch.from_numpy(make_block(params.data, "test", 0, 200))
-    best = minimizer(train, "mae")
-    metrics = evaluate(best, params.data, train, test, "mae")
-    assert metrics["test"]["mae_vs_minimizer"] == pytest.approx(1.0, abs=1e-6)
-    assert metrics["reference"]["minimizer_train_loss"] <= metrics["reference"]["train_mae"]
+    model = LinearRegression(4).requires_grad_(False)
+    model.w.copy_(torch.tensor(params.data.true_w) + 0.05)
+    best = minimizer(train, loss)
+    metrics = evaluate(model, params.data, train, test, loss)
+    best_test_mae = oracle_mae(best.w, best.b.item(), test)
+    reference = metrics["reference"]
+    assert reference["minimizer_test_mae"] == pytest.approx(best_test_mae, rel=1e-4)
+    assert reference["minimizer_train_loss"] == pytest.approx(mean_loss(best, train, loss))
+    ratio = oracle_mae(model.w, model.b.item(), test) / best_test_mae
+    assert metrics["test"]["mae_vs_minimizer"] == pytest.approx(ratio, rel=1e-4)
+    assert metrics["test"]["mae_vs_minimizer"] > 2  # far from 1: not the minimizer itself
+    # no more than least squares' (metrics are rounded to 7 digits)
+    assert reference["minimizer_train_loss"] <= mean_loss(least_squares(train), train, loss) * (
+        1 + 1e-6
+    )
 
 
 def test_minimizer_work_is_bounded_by_the_rows_and_says_so(monkeypatch, caplog):
@@ -163,6 +210,20 @@ def test_an_exact_fit_gives_no_ratio_and_no_crash(loss, y_of_x, params):
     assert metrics["reference"]["minimizer_converged"] is True
     if metrics["reference"]["minimizer_test_mae"] == 0:
         assert metrics["test"]["mae_vs_minimizer"] is None
+    if metrics["reference"]["test_mae"] == 0:
+        assert metrics["test"]["mae_vs_reference"] is None
+
+
+def test_no_noise_gives_a_null_mae_vs_reference(params):
+    """y = 0 everywhere: the closed-form fit is exactly w = 0, b = 0, its test MAE exactly 0."""
+    x = torch.linspace(-1, 1, 50)[:, None]
+    train, test = torch.cat([x, 0 * x], 1), torch.cat([x / 2, 0 * x], 1)
+    cfg = params.data.model_copy(update={"true_w": [0.0], "true_b": 0.0, "noise_std": 0.0})
+    model = LinearRegression(1).requires_grad_(False)
+    model.b.fill_(0.5)
+    metrics = evaluate(model, cfg, train, test)
+    assert metrics["reference"]["test_mae"] == 0 and metrics["test"]["mae"] == 0.5
+    assert metrics["test"]["mae_vs_reference"] is None
 
 
 def test_metrics_say_whether_the_minimizer_converged(params, monkeypatch):
@@ -185,3 +246,63 @@ def test_predictions_beyond_float32_are_refused_not_written_as_metrics(params):
     rows = torch.ones(10, 5)
     with pytest.raises(DataError, match=r"predictions are not finite \(beyond float32\)"):
         evaluate(model, params.data, rows, rows)
+
+
+class SmallChunks(ArrayRows):
+    """Rows read 16 at a time (the last chunk partial), as a file of many chunks is."""
+
+    def blocks(self, rows=16):
+        return super().blocks(rows)
+
+
+def flat(metrics: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_many_chunks_give_what_one_gives(params):
+    """Every sum runs over chunks: a file larger than one chunk gets the same figures."""
+    train = torch.from_numpy(make_block(params.data, "train", 0, 100))
+    test = torch.from_numpy(make_block(params.data, "test", 0, 50))
+    model = LinearRegression(4).requires_grad_(False)
+    model.w.copy_(torch.tensor(params.data.true_w) + 0.05)
+    for loss in ("mae", "huber", "mse"):
+        whole = flat(evaluate(model, params.data, train, test, loss))
+        chunked = flat(evaluate(model, params.data, SmallChunks(train), SmallChunks(test), loss))
+        assert chunked.keys() == whole.keys()
+        for key, value in whole.items():
+            assert chunked[key] == pytest.approx(value, rel=1e-5), key
+        assert mean_loss(model, SmallChunks(train), loss) == pytest.approx(
+            mean_loss(model, train, loss), rel=1e-9
+        )
+
+
+@pytest.mark.parametrize("loss", ["mae", "huber", "mse"])
+def test_mean_loss_is_the_mean_per_row_loss(params, loss):
+    rows = torch.from_numpy(make_block(params.data, "train", 0, 100))
+    model = LinearRegression(4).requires_grad_(False)
+    model.b.fill_(3.0)  # residuals on both sides of huber's delta
+    r = (rows[:, :-1] @ model.w + 3.0 - rows[:, -1]).double()
+    per_row = {
+        "mae": r.abs(),
+        "mse": r * r,
+        "huber": torch.where(r.abs() <= 1, r * r / 2, r.abs() - 0.5),
+    }
+    assert mean_loss(model, rows, loss) == pytest.approx(per_row[loss].mean().item(), rel=1e-6)
+
+
+def test_weight_errors_are_against_the_true_values_in_float64(params):
+    """A model holding the true weights rounded to float32 is off by that rounding, not 0."""
+    train = torch.from_numpy(make_block(params.data, "train", 0, 100))
+    model = LinearRegression(4).requires_grad_(False)
+    model.w.copy_(torch.tensor(params.data.true_w))
+    model.b.copy_(torch.tensor(params.data.true_b))
+    learned = evaluate(model, params.data, train, train)["learned"]
+    true_w = torch.tensor(params.data.true_w, dtype=torch.float64)
+    rounding = (true_w.float().double() - true_w).abs().max().item()
+    assert learned["w_max_error"] == pytest.approx(rounding, rel=1e-6) and rounding > 0

@@ -132,21 +132,33 @@ def test_killed_while_writing_keeps_the_old_output(repo, sig):
     assert (repo / "data/train.npy").read_bytes() == old
 
 
-def test_ctrl_c_during_training_exits_promptly(repo):
+@pytest.mark.parametrize(
+    ("sig", "message"),
+    [
+        (signal.SIGINT, "train: interrupted; no output was written"),  # Ctrl-C
+        (signal.SIGTERM, "train: terminated (SIGTERM); no output was written"),
+    ],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_an_interrupt_during_training_exits_within_a_second(repo, sig, message):
     run_stage(repo, "generate", check=True)
     set_params(repo, train__epochs=1_000_000)
-    proc = start_stage(repo, "train")
-    for line in proc.stderr:
-        if "epoch 1/" in line:
+    for _ in range(2):  # a second try only if a busy machine slowed the first
+        proc = start_stage(repo, "train")
+        for line in proc.stderr:
+            if "epoch 1/" in line:
+                break
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+        assert proc.returncode == 128 + sig
+        assert stderr.strip().splitlines() == [message]
+        assert not (repo / "models/model.safetensors").exists()
+        assert not (repo / "dvclive").exists()
+        if took < 1.0:
             break
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
-    assert time.monotonic() - sent < 5
-    assert proc.returncode == 130
-    assert stderr.strip().splitlines() == ["train: interrupted; no output was written"]
-    assert not (repo / "models/model.safetensors").exists()
-    assert not (repo / "dvclive").exists()
+    assert took < 1.0, f"exited {took:.2f} s after {sig.name}, twice"
 
 
 def test_divergence_names_the_epoch_and_writes_no_model(repo):
@@ -187,11 +199,35 @@ def test_unwritable_output_is_one_clear_error(repo, tmp_path):
     )
     assert f"cannot write {blocker / 'model.safetensors'}" in line
     assert blocker.read_text() == "a file where a folder should be"
-    if os.geteuid() != 0:  # root ignores permission bits
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        line = one_clean_line(run_stage(repo, "train", "--model", str(locked / "m.pt")), "train")
-        assert "Permission denied" in line and not list(locked.iterdir())
+
+
+def bound_by_permission_bits() -> list[str]:
+    """A command prefix under which permission bits hold. Root ignores them through two
+    capabilities: setpriv drops those (the process stays root, so it still reads the copy of
+    the repo it owns). Skipped, not passed, where that cannot be done."""
+    if os.geteuid() != 0:
+        return []
+    caps = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+    try:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("running as root without setpriv: permission bits cannot be tested")
+    if probe.returncode != 0:
+        pytest.skip(f"running as root; setpriv cannot drop capabilities: {probe.stderr.strip()}")
+    return prefix
+
+
+def test_a_folder_without_write_permission_is_one_clear_error(repo, tmp_path):
+    run_stage(repo, "generate", check=True)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    model = str(locked / "model.safetensors")
+    result = run([*bound_by_permission_bits(), sys.executable, "stages/train.py", "--model", model],
+                 repo, check=False)  # fmt: skip
+    line = one_clean_line(result, "train")
+    assert f"cannot write {model}: Permission denied" in line
+    assert not list(locked.iterdir())
 
 
 def peak_rss_mib(repo: Path, name: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -265,21 +301,6 @@ def test_nan_in_the_data_names_the_row_not_the_learning_rate(repo):
     for name in ("train", "evaluate"):
         line = one_clean_line(run_stage(repo, name), name)
         assert "data/train.npy: row 7 has a NaN or infinite value" in line, line
-
-
-def test_sigterm_is_handled_like_ctrl_c(repo):
-    run_stage(repo, "generate", check=True)
-    set_params(repo, train__epochs=1_000_000)
-    proc = start_stage(repo, "train")
-    for line in proc.stderr:
-        if "epoch 1/" in line:
-            break
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 128 + signal.SIGTERM
-    assert stderr.strip().splitlines() == ["train: terminated (SIGTERM); no output was written"]
-    assert not (repo / "models/model.safetensors").exists()
-    assert not (repo / "dvclive").exists()
 
 
 @pytest.mark.parametrize(
