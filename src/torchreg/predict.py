@@ -218,9 +218,10 @@ def run(
 
 
 def _predict_into(out: TextIO, reader: RowReader, model: torch.nn.Module) -> int:
-    write_header(out, reader.header)
     rows = 0
     for texts, x in reader.chunks():
+        if not rows:  # with the first good chunk: a bad first chunk leaves stdout empty
+            write_header(out, reader.header)
         write_chunk(out, texts, predict(model, x))
         rows += len(texts)
     out.flush()
