@@ -2,6 +2,7 @@
 point pip at a wheel or an index, exit status 2, and no half-made environment marked done.
 Runs in a copy of the three files the set-up reads (it replaces .venv in its own folder)."""
 
+import os
 import shutil
 import subprocess
 
@@ -19,8 +20,8 @@ def setup_copy(tmp_path):
 
 @pytest.mark.slow
 def test_torch_nowhere_is_one_line_naming_both_remedies(setup_copy):
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "TORCH_"))}
+    env |= {
         "HOME": str(setup_copy),
         "PIP_CONFIG_FILE": "/dev/null",  # no find-links from this machine's pip configuration
         "PIP_FIND_LINKS": "",
