@@ -260,16 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     queue(repo, VARIANTS, shared=[*SHARED, f"train.epochs={args.epochs}"])
     start = time.perf_counter()
 
-    def progress(left: int) -> None:
-        done = n - left
-        print(
-            f"activations: {done} of {n} done ({time.perf_counter() - start:.0f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
+    def progress(left: int) -> None:  # as DVC's queue says: a task can be between states
+        elapsed = time.perf_counter() - start
+        print(f"activations: {left} of {n} queued or running ({elapsed:.0f} s)", file=sys.stderr)
 
     seconds = run_queue(repo, args.jobs, progress=progress)
-    print(f"activations: {n} of {n} done ({seconds:.0f} s)", file=sys.stderr)
+    print(f"activations: all {n} finished ({seconds:.0f} s)", file=sys.stderr)
     found = results(repo, VARIANTS)
     failed = [n for n in VARIANTS if found.get(n, {}).get("state") != "Success"]
     if failed:

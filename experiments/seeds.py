@@ -42,9 +42,11 @@ OPTIONS: dict[str, dict] = {
 def committed_params() -> tuple[Params, str]:
     """git HEAD's params.yaml, validated as the stages validate it, and where it came from."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        commit = (
+            subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, check=True)
+            .stdout.decode()
+            .strip()
+        )
         text = subprocess.run(
             ["git", "show", "HEAD:params.yaml"], capture_output=True, check=True
         ).stdout

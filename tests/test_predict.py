@@ -167,6 +167,14 @@ def test_on_stdout_the_chunks_before_a_bad_row_are_printed(tmp_path, model_file)
     assert set(lines[1:]) == {"1,0,0,0,1.5"}
 
 
+@pytest.mark.parametrize("text", ["x0,x1,x2,x3\n1,0,x,0\n", "1,0,x,0\n1,0,0,0\n"])
+def test_on_stdout_a_bad_first_chunk_prints_nothing(tmp_path, model_file, text):
+    (tmp_path / "rows.csv").write_text(text)
+    result = cli(tmp_path, "--model", "m.pt", "--input", "rows.csv")
+    assert "is not all numbers" in one_line(result)
+    assert result.stdout == ""  # not even the header
+
+
 @pytest.mark.parametrize(
     "output",
     ["rows.csv", "./rows.csv", "sub/../rows.csv", "{tmp}/rows.csv", "link.csv", "hard.csv"],

@@ -31,6 +31,7 @@ from transcripts import (
     Block,
     Command,
     blocks,
+    broken_links,
     docs_pages,
     is_replayed,
     missing_lines,
@@ -156,6 +157,18 @@ def test_every_page_is_replayed_in_order():
 def test_every_block_is_replayed_or_marked(page):
     wrong = [f"{b.section}: {why}" for b in blocks(page) if (why := unmarked(b))]
     assert not wrong, f"{page}: {wrong}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_link_resolves(page):
+    assert broken_links(page) == [], page
+
+
+def test_broken_links_are_found():
+    text = "[a](docs/versions.md) [b](docs/nope.md) [c](#quick-start) [d](#nowhere) [e](https://x)"
+    assert broken_links("README.md", "## Quick start\n" + text) == ["docs/nope.md", "#nowhere"]
+    assert broken_links("README.md", "[s](docs/reproducibility.md#same-bytes-on-any-cpu)") == []
+    assert broken_links("README.md", "[s](docs/reproducibility.md#same-bytes)") != []
 
 
 def test_block_rules():

@@ -131,3 +131,33 @@ def missing_lines(expected: list[str], output: str) -> list[str]:
 
 def docs_pages() -> set[str]:
     return {"README.md", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))}
+
+
+def heading_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces
+    as dashes."""
+    found = set()
+    for line in text.splitlines():
+        if line.startswith("#"):
+            title = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower())
+            found.add(title.replace(" ", "-"))
+    return found
+
+
+def broken_links(page: str, text: str | None = None) -> list[str]:
+    """The page's relative links whose file, or whose heading anchor, does not exist."""
+    path = ROOT / page
+    text = path.read_text() if text is None else text
+    broken = []
+    for link in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", link):  # https:, mailto:
+            continue
+        target, _, anchor = link.partition("#")
+        file = (path.parent / target) if target else path
+        if not file.exists():
+            broken.append(link)
+        elif anchor and file.suffix == ".md":
+            content = text if file == path else file.read_text()
+            if anchor not in heading_anchors(content):
+                broken.append(link)
+    return broken

@@ -279,7 +279,6 @@ def _drop_stdout() -> None:
 
 
 def _predict_into(out: TextIO, reader: RowReader, model: torch.nn.Module) -> int:
-    write_header(out, reader.header)
     rows = 0
     for texts, x in reader.chunks():
         predicted = predict(model, x)
@@ -291,6 +290,8 @@ def _predict_into(out: TextIO, reader: RowReader, model: torch.nn.Module) -> int
                 f"{reader.name}: row {number}: the model predicts {predicted[i].item()} (beyond "
                 "float32): its weights are too large for this row"
             )
+        if not rows:  # with the first good chunk: a bad first chunk leaves stdout empty
+            write_header(out, reader.header)
         write_chunk(out, texts, predicted)
         rows += len(texts)
     out.flush()
