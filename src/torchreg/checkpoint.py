@@ -27,7 +27,7 @@ import torch
 
 import torchreg
 from torchreg.config import Params
-from torchreg.files import atomic_path, open_input
+from torchreg.files import atomic_path, open_input, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -165,5 +165,7 @@ class Checkpoints:
         return None
 
     def remove(self) -> None:
+        """The checkpoint, and what a write killed half-way left next to it."""
         if self.writer:
             self.path.unlink(missing_ok=True)
+            remove_stale_temps(self.path)
