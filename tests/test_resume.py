@@ -1,9 +1,9 @@
 """kill -9 a training run, run it again, and it ends with the same bytes as a run that never
 stopped: the model file, the dvclive/ files and (through dvc) everything downstream.
 
-Each run is SIGKILLed twice at random points: once after an epoch, once half-way through
-writing a checkpoint (the run kills itself where TORCHREG_KILL_AT says: a real SIGKILL,
-nothing cleaned up). The random points come from a seed shown in every failure; set
+Each run is SIGKILLed at a random point: after an epoch, or half-way through writing a
+checkpoint (the run kills itself where TORCHREG_KILL_AT says: a real SIGKILL, nothing cleaned
+up). The random points come from a seed shown in every failure; set
 TORCHREG_RESUME_SEED to repeat one.
 """
 
@@ -110,22 +110,27 @@ def workdir(tmp_path_factory) -> Path:
     return work
 
 
-def killed_twice_then_resumed(folder: Path, rng: random.Random) -> str:
-    """Kill after epoch a, then (resumed after a - 1) half-way through writing the checkpoint
-    of epoch b, then run to the end; return the problem, or '' if the bytes are the same."""
+def killed_then_resumed(folder: Path, rng: random.Random, kills: tuple[str, ...]) -> str:
+    """Kill the run at each of `kills` in turn ("epoch": after epoch a; "write": half-way
+    through writing the checkpoint of epoch b >= a, which the run before resumed short of),
+    then run it to the end; return the problem, or '' if the bytes are the same."""
     a = rng.randint(2, EPOCHS - 2)
     b = rng.randint(a, EPOCHS - 1)
-    where = f"{folder.name}, killed after epoch {a}, then writing epoch {b} (seed {SEED})"
-    for kill_at in (f"epoch:{a}", f"write:{b}"):
-        result = train(folder, "resumed", kill_at)
+    points = {"epoch": f"epoch:{a}", "write": f"write:{b}"}
+    where = f"{folder.name}, killed at {[points[k] for k in kills]} (seed {SEED})"
+    for kill in kills:
+        result = train(folder, "resumed", points[kill])
         if result.returncode != -signal.SIGKILL:
-            return f"{where}: {kill_at} exited {result.returncode}: {result.stderr[-2000:]}"
+            return f"{where}: {kill} exited {result.returncode}: {result.stderr[-2000:]}"
     leftovers = list((folder / "checkpoints").glob(".train.ckpt.*.tmp"))
     result = train(folder, "resumed")
-    resumed = f"train: resuming after epoch {b - 1} of {EPOCHS} from checkpoints/train.ckpt"
+    last = b - 1 if "write" in kills else a - 1  # the kill came before epoch a's checkpoint
+    resumed = f"train: resuming after epoch {last} of {EPOCHS} from checkpoints/train.ckpt"
     if result.returncode != 0 or resumed not in result.stderr.splitlines():
-        return f"{where}: the last run did not resume after epoch {b - 1}: {result.stderr}"
-    if not leftovers or any(p.exists() for p in [*leftovers, folder / "checkpoints/train.ckpt"]):
+        return f"{where}: the last run did not resume after epoch {last}: {result.stderr}"
+    if ("write" in kills) != bool(leftovers):
+        return f"{where}: a killed write leaves its temporary file: {leftovers}"
+    if any(p.exists() for p in [*leftovers, folder / "checkpoints/train.ckpt"]):
         return f"{where}: the checkpoint or the killed write's leftover is still there"
     plain, got = digests(folder / "plain"), digests(folder / "resumed")
     differ = [name for name in LOGGED if plain[name] != got[name]]
@@ -133,14 +138,19 @@ def killed_twice_then_resumed(folder: Path, rng: random.Random) -> str:
 
 
 def test_killed_runs_end_with_the_same_bytes(workdir):
+    """Each combo killed once, after an epoch or during a checkpoint write by turns; the
+    two-process run killed at both, one after the other."""
     rng = random.Random(SEED)
-    folders = [(workdir / name, random.Random(rng.random())) for name in COMBOS]
-    folders.append((workdir / TWO_PROCESSES, random.Random(rng.random())))
+    runs = [
+        (workdir / name, random.Random(rng.random()), (["epoch"], ["write"])[i % 2])
+        for i, name in enumerate(COMBOS)
+    ]
+    runs.append((workdir / TWO_PROCESSES, random.Random(rng.random()), ("epoch", "write")))
     with ThreadPoolExecutor(2) as pool:  # two processes at a time: this machine's cores
-        problems = list(pool.map(lambda f: killed_twice_then_resumed(*f), folders))
+        problems = list(pool.map(lambda r: killed_then_resumed(*r), runs))
     assert not any(problems), "\n".join(filter(None, problems))
     # What the runs logged (the closing note quotes these).
-    print(json.dumps({f.name: digests(f / "plain")["model.safetensors"] for f, _ in folders}))
+    print(json.dumps({f.name: digests(f / "plain")["model.safetensors"] for f, *_ in runs}))
 
 
 def test_dvc_repro_and_exp_run_resume_to_the_same_outputs(built, tmp_path):
