@@ -67,7 +67,7 @@ def run(
         ctx.device.type,
         ctx.world_size,
     )
-    done = [] if resume is None else resume["history"]
+    done = [] if resume is None else resume["history"].tolist()
     if done:
         log.info("resuming after epoch %d of %d from %s", len(done), cfg.epochs, checkpoint_path)
     progress = Progress(cfg.epochs, len(done))

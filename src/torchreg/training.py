@@ -87,7 +87,7 @@ def fit(
     else:
         step.load_state_dict(resume["step"])
         generator.set_state(resume["generator"])
-        limit, history = resume["limit"], list(resume["history"])
+        limit, history = resume["limit"], resume["history"].tolist()
     for epoch in range(len(history), cfg.epochs):
         total = torch.zeros((), dtype=torch.float64, device=ctx.device)
         for block in source.shuffled(generator):
@@ -117,7 +117,8 @@ def training_state(
         "step": step.state_dict(),
         "generator": generator.get_state(),
         "limit": limit,
-        "history": list(history),
+        # A tensor, not a list: a long run's million losses stay 8 bytes each (float64: exact).
+        "history": torch.tensor(history, dtype=torch.float64),
     }
 
 
