@@ -37,7 +37,7 @@ def counted(self, state, epoch):
 checkpoint.Checkpoints.save = counted
 def once(every):
     params = base.model_copy(update={"train": base.train.model_copy(
-        update={"checkpoint_every_s": every or 0})})
+        update={"checkpoint_every_s": every or 0.0})})
     path = None if every is None else Path("checkpoints/bench.ckpt")
     start = time.perf_counter()
     train.run(params, RunContext(torch.device("cpu")), Path("data/train.npy"),
