@@ -1,7 +1,8 @@
 """What training checkpoints cost, and what resuming from one saves.
 
 The overhead is measured in one process (the stage's own `run()`, with and without a checkpoint
-path, alternating), so process start-up noise stays out of a difference of a few percent. The
+path, alternating), so process start-up noise stays out of a difference of a few percent, and
+in CPU seconds of that process: on a shared machine, wall time also counts the neighbours. The
 resume is measured with real stage processes: a run killed after 90 % of its epochs, then
 resumed, against a run from scratch.
 """
@@ -18,7 +19,7 @@ from common import QUIET, Table, fresh_copy, run_stage
 from sweep import set_params
 
 # In the clone: train.run without a checkpoint, then with one at each interval given, repeated;
-# prints the median seconds of each and how many checkpoints each run wrote.
+# prints the median CPU seconds of each and how many checkpoints each run wrote.
 DRIVER = """
 import json, statistics, sys, time
 from pathlib import Path
@@ -39,10 +40,10 @@ def once(every):
     params = base.model_copy(update={"train": base.train.model_copy(
         update={"checkpoint_every_s": every or 0.0})})
     path = None if every is None else Path("checkpoints/bench.ckpt")
-    start = time.perf_counter()
+    start = time.process_time()
     train.run(params, RunContext(torch.device("cpu")), Path("data/train.npy"),
               Path("models/bench.safetensors"), Path("bench-live"), path)
-    return time.perf_counter() - start
+    return time.process_time() - start
 settings = [None] + [float(x) for x in sys.argv[2:]]
 once(None)  # warm-up
 times = {str(s): [] for s in settings}
@@ -80,7 +81,7 @@ def add_overhead(table: Table, what: str, got: dict, default: float) -> None:
         cost = seconds / plain - 1
         table.add(
             f"{what}: train with checkpoints ({label}) vs without",
-            f"{seconds:.2f} s vs {plain:.2f} s = {100 * cost:+.1f} % ({n} checkpoints)",
+            f"{seconds:.2f} vs {plain:.2f} CPU s = {100 * cost:+.1f} % ({n} checkpoints)",
             "<= +2 %" if judged else "",
             (cost <= 0.02) if judged else None,
         )
@@ -88,7 +89,7 @@ def add_overhead(table: Table, what: str, got: dict, default: float) -> None:
             each = (seconds - plain) / n
             table.add(
                 f"{what}: one checkpoint (the first one hashes the training data)",
-                f"{each:.3f} s: at most {100 * each / default:.2f} % of training at the "
+                f"{each:.3f} CPU s: at most {100 * each / default:.2f} % of training at the "
                 f"default interval ({default:g} s)",
             )
 
