@@ -89,7 +89,7 @@ def add_overhead(table: Table, what: str, got: dict, default: float) -> None:
             each = (seconds - plain) / n
             table.add(
                 f"{what}: one checkpoint (the first one hashes the training data)",
-                f"{each:.3f} CPU s: at most {100 * each / default:.2f} % of training at the "
+                f"{each:.3f} CPU s: at most {100 * each / default:.2g} % of training at the "
                 f"default interval ({default:g} s)",
             )
 
