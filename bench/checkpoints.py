@@ -1,8 +1,9 @@
 """What training checkpoints cost, and what resuming from one saves.
 
 The overhead is measured in one process (the stage's own `run()`, with and without a checkpoint
-path, alternating), so process start-up noise stays out of a difference of a few percent, and
-in CPU seconds of that process: on a shared machine, wall time also counts the neighbours. The
+path), in CPU seconds of that process (on a shared machine, wall time also counts the
+neighbours), and timed where it is spent: every call into the checkpoint code, against the
+training run without checkpoints. (The difference of two whole runs is noise at this size.) The
 resume is measured with real stage processes: a run killed after 90 % of its epochs, then
 resumed, against a run from scratch.
 """
@@ -19,43 +20,50 @@ from pathlib import Path
 from common import QUIET, Table, fresh_copy, run_stage
 from sweep import set_params
 
-# In the clone: train.run without a checkpoint, then with one at each interval given, repeated;
-# prints the median CPU seconds of each, and the CPU seconds of each checkpoint the last
-# repeat wrote.
+# In the clone: train.run without a checkpoint, then with one at each interval given, repeated.
+# Prints per setting the median CPU seconds of the whole run and of the checkpoint work in it
+# (every call of a Checkpoints method: set-up, load, the per-epoch "due?", saves, removal),
+# and the CPU seconds of each save of the last repeat.
 DRIVER = """
 import json, statistics, sys, time
 from pathlib import Path
 sys.path.insert(0, "stages")
 import torch, train
-import torchreg.checkpoint as checkpoint
+from torchreg.checkpoint import Checkpoints
 from torchreg.config import load_params
 from torchreg.context import RunContext
 
 base, repeats = load_params("params.yaml"), int(sys.argv[1])
-saves = {}
-real_save = checkpoint.Checkpoints.save
-def counted(self, state, epoch):
-    start = time.process_time()
-    real_save(self, state, epoch)
-    saves.setdefault(str(self.every_s), []).append(time.process_time() - start)
-checkpoint.Checkpoints.save = counted
+spent, saves = [0.0], []
+def timed(name):
+    real = getattr(Checkpoints, name)
+    def wrapper(self, *args):
+        start = time.process_time()
+        try:
+            return real(self, *args)
+        finally:
+            spent[0] += time.process_time() - start
+            if name == "save":
+                saves.append(time.process_time() - start)
+    setattr(Checkpoints, name, wrapper)
+for name in ("__init__", "load", "due", "save", "remove"):
+    timed(name)
 def once(every):
     params = base.model_copy(update={"train": base.train.model_copy(
         update={"checkpoint_every_s": every or 0.0})})
     path = None if every is None else Path("checkpoints/bench.ckpt")
+    spent[0] = 0.0
+    saves.clear()
     start = time.process_time()
     train.run(params, RunContext(torch.device("cpu")), Path("data/train.npy"),
               Path("models/bench.safetensors"), Path("bench-live"), path)
-    return time.process_time() - start
+    return time.process_time() - start, spent[0], list(saves)
 settings = [None] + [float(x) for x in sys.argv[2:]]
 once(None)  # warm-up
-times = {str(s): [] for s in settings}
-for _ in range(repeats):
-    saves.clear()
-    for s in settings:
-        times[str(s)].append(once(s))
-print(json.dumps({"median": {k: statistics.median(v) for k, v in times.items()},
-                  "saves": saves}))
+runs = {str(s): [once(s) for _ in range(repeats)] for s in settings}
+print(json.dumps({k: {"run": statistics.median(r[0] for r in v),
+                      "checkpoints": statistics.median(r[1] for r in v),
+                      "saves": v[-1][2]} for k, v in runs.items()}))
 """
 
 
@@ -72,27 +80,25 @@ def overhead(repo: Path, repeats: int, intervals: list[float]) -> dict:
 
 
 def add_overhead(table: Table, what: str, got: dict, default: float) -> None:
-    times, saves = got["median"], got["saves"]
-    plain = times["None"]
-    for key, seconds in times.items():
+    plain = got["None"]["run"]
+    for key, run in got.items():
         if key == "None":
             continue
-        every = float(key)
-        each = saves.get(key, [])
-        n = len(each)
+        every, saves = float(key), run["saves"]
         label = "every epoch" if every == 0 else f"checkpoint_every_s {every:g}"
+        share = run["checkpoints"] / plain
         judged = every == default
-        cost = seconds / plain - 1
         table.add(
-            f"{what}: train with checkpoints ({label}) vs without",
-            f"{seconds:.2f} vs {plain:.2f} CPU s = {100 * cost:+.1f} % ({n} checkpoints)",
-            "<= +2 %" if judged else "",
-            (cost <= 0.02) if judged else None,
+            f"{what}, {label}: checkpoint work / training without checkpoints",
+            f"{run['checkpoints']:.4f} / {plain:.2f} CPU s = {100 * share:.3g} % "
+            f"({len(saves)} checkpoints; the whole run {run['run']:.2f} CPU s)",
+            "<= 2 %" if judged else "",
+            (share <= 0.02) if judged else None,
         )
-        if n > 1:
-            first, rest = each[0], statistics.median(each[1:])
+        if len(saves) > 1:
+            first, rest = saves[0], statistics.median(saves[1:])
             table.add(
-                f"{what}: one checkpoint, timed alone",
+                f"{what}: one checkpoint",
                 f"the first {first:.3f} CPU s (it hashes the training data), later ones "
                 f"{rest:.4f} CPU s (median): at most {100 * max(first, rest) / default:.2g} % "
                 f"of training at the default interval ({default:g} s)",
