@@ -28,6 +28,7 @@ import torch
 import torchreg
 from torchreg.config import Params
 from torchreg.files import atomic_path, open_input, remove_stale_temps
+from torchreg.stage import LAUNCHER_ENV
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def kill_point(point: str, epoch: int) -> None:
     """SIGKILL this run at `point` after epoch `epoch` (1-based) if KILL_ENV asks for it."""
     if os.environ.get(KILL_ENV) != f"{point}:{epoch}":
         return
-    launcher = os.environ.get("TORCHREG_LAUNCHER_PID")
+    launcher = os.environ.get(LAUNCHER_ENV)
     if launcher and int(launcher) != os.getpid():
         os.kill(int(launcher), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
