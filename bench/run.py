@@ -5,11 +5,12 @@ side by side in this same run, because shared machines are noisy.
 
     python bench/run.py                 # everything (about 25 minutes on 2 cores)
     python bench/run.py --only loop     # sections: loop, pipeline, sweep, tests, scale, huge,
-                                        #   ddp, predict, cpu (repeat --only for several)
+                                        #   ddp, predict, cpu, checkpoints (repeatable)
     python bench/run.py --quick         # a smoke run with tiny sizes (used by the tests)
 
-The sections live in bench/loop.py, pipeline.py, sweeps.py, suite.py, scale.py, predict.py
-and cpu_settings.py; bench/common.py holds the table and the timing helpers they share.
+The sections live in bench/loop.py, pipeline.py, sweeps.py, suite.py, scale.py, predict.py,
+cpu_settings.py and checkpoints.py; bench/common.py holds the table and the timing helpers
+they share.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import cpu_settings
 import predict
+from checkpoints import bench_checkpoints
 from common import ROOT, Table, machine
 from loop import bench_loop
 from pipeline import bench_pipeline
@@ -28,7 +30,18 @@ from scale import bench_ddp, bench_huge, bench_scale
 from suite import bench_suite
 from sweeps import bench_sweep
 
-SECTIONS = ("loop", "pipeline", "sweep", "tests", "scale", "huge", "ddp", "predict", "cpu")
+SECTIONS = (
+    "loop",
+    "pipeline",
+    "sweep",
+    "tests",
+    "scale",
+    "huge",
+    "ddp",
+    "predict",
+    "cpu",
+    "checkpoints",
+)
 PREDICT_GB = 0.25  # 1 GB (bench/predict.py's default) takes minutes on 2 cores
 
 
@@ -101,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             bench_predict(table, 0.01 if quick else PREDICT_GB)
         if "cpu" in sections:
             bench_cpu(table, repeats)
+        if "checkpoints" in sections:
+            rows, epochs = (20_000, 10) if quick else (10_000_000, 10)
+            bench_checkpoints(table, repeats, work, rows, epochs)
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = (
         f"# Benchmarks\n\nMachine: {desc}\n\nCommand: `{command.strip()}` "

@@ -3,7 +3,9 @@
 Reads:  params.yaml (model.*, train.*, compute.cpu), environment.yaml, data/train.npy
 Writes: models/model.safetensors (weights, with the model config in its metadata),
         dvclive/metrics.json (the latest train_loss, updated while training),
-        dvclive/plots/metrics/train_loss.tsv (one row per epoch, appended as epochs finish)
+        dvclive/plots/metrics/train_loss.tsv (one row per epoch, appended as epochs finish),
+        checkpoints/train.ckpt while training (every train.checkpoint_every_s; removed once
+        the model is written): a killed run resumes from it, to the same bytes
 
 With train.nproc > 1 the stage relaunches itself as that many processes through torchrun's
 launcher (DistributedDataParallel, gloo on CPU, nccl on CUDA); only rank 0 writes. Started by
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from torchreg import cpu, environment
 from torchreg.budget import check_memory, check_processes, train_bytes
+from torchreg.checkpoint import DEFAULT_PATH, Checkpoints
 from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
@@ -37,16 +40,30 @@ log = logging.getLogger("train")
 
 
 def run(
-    params: Params, ctx: RunContext, data_path: Path, model_path: Path, live_dir: Path
+    params: Params,
+    ctx: RunContext,
+    data_path: Path,
+    model_path: Path,
+    live_dir: Path,
+    checkpoint_path: Path | None = None,
 ) -> list[float]:
+    """Train and write the model and its log; with `checkpoint_path`, save the training state
+    there as it goes and resume from it when it belongs to this very run."""
     cfg = params.train
     if ctx.is_writer:
         check_outputs(model_path, live_dir)
     data = DataFile(data_path)
     model = build_model(params.model, data.n_features, cfg.init_std, seeded(cfg.seed, "init"))
     model.to(ctx.device)
+    checkpoints, resume = None, None
+    if checkpoint_path is not None:
+        checkpoints = Checkpoints(checkpoint_path, params, data_path, Path(__file__), ctx.is_writer)
+        record = checkpoints.load()
+        resume = None if record is None else record["state"]
     if not ctx.is_writer:
-        return fit(model, data, cfg, seeded(cfg.seed, "shuffle"), ctx)
+        return fit(
+            model, data, cfg, seeded(cfg.seed, "shuffle"), ctx, (), None, checkpoints, resume
+        )
     log.info(
         "%s model, %s loss, %s (lr %g), %d epochs of %d rows in batches of %d on %s x %d",
         params.model.kind,
@@ -59,10 +76,25 @@ def run(
         ctx.device.type,
         ctx.world_size,
     )
-    progress = Progress(cfg.epochs)
-    with LiveLog(live_dir) as live, contextlib.closing(progress):
-        history = fit(model, data, cfg, seeded(cfg.seed, "shuffle"), ctx, [progress, live])
+    done = [] if resume is None else resume["history"].tolist()
+    if done:
+        log.info("resuming after epoch %d of %d from %s", len(done), cfg.epochs, checkpoint_path)
+    progress = Progress(cfg.epochs, len(done))
+    with LiveLog(live_dir, done) as live, contextlib.closing(progress):
+        history = fit(
+            model,
+            data,
+            cfg,
+            seeded(cfg.seed, "shuffle"),
+            ctx,
+            [progress, live],
+            None,
+            checkpoints,
+            resume,
+        )
         save_model(model_path, model, params.model, data.n_features)  # fails: no log is left
+    if checkpoints is not None:
+        checkpoints.remove()
     log.info("final loss %.6f; wrote %s", history[-1], model_path)
     return history
 
@@ -106,6 +138,12 @@ def main(argv: list[str] | None = None) -> None:
         default=Path("dvclive"),
         help="DVCLive folder for the loss metrics and curve",
     )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=DEFAULT_PATH,
+        help="where to keep the training state while training (resumed from if it matches)",
+    )
     args = parser.parse_args(argv)
 
     def body() -> None:
@@ -120,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
             launch(params.train.nproc, __file__, sys.argv[1:] if argv is None else argv)
             return
         with joined(params.train.device) as ctx:
-            run(params, ctx, args.data, args.model, args.live_dir)
+            run(params, ctx, args.data, args.model, args.live_dir, args.checkpoint)
 
     run_main("train", body)
 

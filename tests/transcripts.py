@@ -25,6 +25,7 @@ PAGES = [
     "README.md",
     "docs/failure-behaviour.md",
     "docs/versions.md",
+    "docs/interrupted-runs.md",
     "docs/activations.md",
     "docs/dependencies.md",
     "docs/performance.md",

@@ -111,6 +111,8 @@ class TrainConfig(_Section):
     lr_schedule: Literal["constant", "cosine", "step"] = "constant"
     average: Literal["none", "swa"] = "none"
     average_start: Float = Field(default=0.5, ge=0, lt=1)
+    # Seconds of training between checkpoints (0: after every epoch); at most a week.
+    checkpoint_every_s: Float = Field(default=60.0, ge=0, le=7 * 86400)
 
 
 class PlotConfig(_Section):

@@ -9,6 +9,7 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -26,9 +27,15 @@ SUMMARY_EVERY_S = 1.0
 class Progress:
     """A progress bar on a terminal; otherwise a log line every tenth of the run."""
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, done: int = 0) -> None:
         self.epochs, self.every = epochs, max(1, epochs // 10)
-        self.bar = tqdm(total=epochs, desc="train", unit="epoch", disable=not sys.stderr.isatty())
+        self.bar = tqdm(
+            total=epochs,
+            initial=done,
+            desc="train",
+            unit="epoch",
+            disable=not sys.stderr.isatty(),
+        )
 
     def __call__(self, epoch: int, loss: float) -> None:
         if self.bar.disable:
@@ -48,13 +55,15 @@ class LiveLog:
     `dvc exp show` reads from a running experiment) is rewritten at most every SUMMARY_EVERY_S.
 
     The folder is cleared first, so it never mixes two runs (DVC removes it before the stage
-    anyway); the final summary is written when the block ends without an error, and a run that
-    fails or is interrupted removes its partial log. A SIGKILLed run leaves a partial log and no
-    model: DVC sees a failed stage and caches neither, and the next `dvc repro` reruns it.
+    anyway); a resumed run then logs the losses of the epochs it resumes after again, so its
+    files are the same bytes as an uninterrupted run's. The final summary is written when the
+    block ends without an error, and a run that fails or is interrupted removes its partial
+    log. A SIGKILLed run leaves a partial log and no model: DVC sees a failed stage and caches
+    neither, and the next `dvc repro` reruns it (resuming from its checkpoint).
     """
 
-    def __init__(self, live_dir: Path) -> None:
-        self.live_dir = live_dir
+    def __init__(self, live_dir: Path, history: Sequence[float] = ()) -> None:
+        self.live_dir, self.history = live_dir, history
         self._last_summary = 0.0
 
     def __enter__(self) -> LiveLog:
@@ -65,6 +74,8 @@ class LiveLog:
             self.live = Live(str(self.live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
         except OSError as exc:
             raise UserError(f"cannot write {self.live_dir}: {exc.strerror or exc}") from None
+        for epoch, loss in enumerate(self.history):
+            self(epoch, loss)
         return self
 
     def __call__(self, epoch: int, loss: float) -> None:

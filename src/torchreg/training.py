@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,6 +31,7 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR
 from torch.optim.swa_utils import AveragedModel
 
+from torchreg.checkpoint import Checkpoints, kill_point
 from torchreg.config import TrainConfig
 from torchreg.context import RunContext
 from torchreg.data import CHUNK_ROWS, DataFile, as_rows, stream_seed
@@ -65,20 +67,28 @@ def fit(
     ctx: RunContext | None = None,
     on_epoch: Sequence[EpochCallback] = (),
     step: Step | None = None,
+    checkpoints: Checkpoints | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> list[float]:
     """Train `model` in place on rows (features, then y); return the mean loss of each epoch.
 
     `step` defaults to the strategy `make_step` picks for the model, config and context.
+    With `checkpoints`, the state is saved after an epoch whenever one is due; `resume` (a
+    saved state, see `training_state`) continues a run from where that state left it.
 
     Raises DivergenceError as soon as an epoch's loss is NaN, infinite or over
     DIVERGENCE_FACTOR times the untrained model's.
     """
     ctx = ctx or RunContext(next(model.parameters()).device)
     source = Windows(as_rows(rows), cfg.batch_size, ctx.device)
-    limit = divergence_limit(model, source.get(0), cfg.loss)
     step = step or make_step(model, cfg, ctx)
-    history: list[float] = []
-    for epoch in range(cfg.epochs):
+    if resume is None:
+        limit, history = divergence_limit(model, source.get(0), cfg.loss), []
+    else:
+        step.load_state_dict(resume["step"])
+        generator.set_state(resume["generator"])
+        limit, history = resume["limit"], resume["history"].tolist()
+    for epoch in range(len(history), cfg.epochs):
         total = torch.zeros((), dtype=torch.float64, device=ctx.device)
         for block in source.shuffled(generator):
             order = torch.randperm(len(block), generator=generator)
@@ -91,8 +101,25 @@ def fit(
         for callback in on_epoch:
             callback(epoch, loss)
         step.end_epoch(epoch)
+        kill_point("epoch", epoch + 1)
+        if checkpoints is not None and epoch + 1 < cfg.epochs and checkpoints.due():
+            checkpoints.save(training_state(step, generator, limit, history), epoch + 1)
     step.finish()
     return history
+
+
+def training_state(
+    step: Step, generator: torch.Generator, limit: float, history: list[float]
+) -> dict[str, Any]:
+    """All that the next epoch depends on: the step's weights, optimizer, lr schedule and
+    average, the shuffle stream, the divergence yardstick and every epoch's loss so far."""
+    return {
+        "step": step.state_dict(),
+        "generator": generator.get_state(),
+        "limit": limit,
+        # A tensor, not a list: a long run's million losses stay 8 bytes each (float64: exact).
+        "history": torch.tensor(history, dtype=torch.float64),
+    }
 
 
 def divergence_limit(model: nn.Module, rows: torch.Tensor, loss: str) -> float:
@@ -210,6 +237,18 @@ class EpochLr:
         if self.scheduler is not None:
             self.scheduler.step()
 
+    def state_dict(self) -> dict[str, Any]:
+        scheduler = self.scheduler
+        return {
+            "holder": self.holder.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.holder.load_state_dict(state["holder"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
 
 def epoch_lrs(cfg: TrainConfig) -> list[float]:
     """The lr each epoch trains with, in order."""
@@ -258,6 +297,13 @@ class Step:
     def finish(self) -> None:
         """Leave the final weights (or their average) in the model."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the next step depends on (tensors and plain values only: see checkpoint.py)."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
 
 class FastLinearSGD(Step):
     """SGD on x @ w + b with the gradient of the batch-mean loss written out. With the bias
@@ -295,6 +341,28 @@ class FastLinearSGD(Step):
             self.schedule.step()
             self.lr = self.schedule.lr
         self.averaging = self.average_start is not None and epoch + 1 >= self.average_start
+
+    def state_dict(self) -> dict[str, Any]:
+        schedule = self.schedule
+        return {
+            "wb": self.wb,
+            "lr": self.lr,
+            "mean": self.mean,
+            "n_averaged": self.n_averaged,
+            "averaging": self.averaging,
+            "schedule": None if schedule is None else schedule.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.wb.copy_(state["wb"])
+        self.lr, self.n_averaged, self.averaging = (
+            state["lr"],
+            state["n_averaged"],
+            state["averaging"],
+        )
+        self.mean = None if state["mean"] is None else state["mean"].to(self.wb.device)
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["schedule"])
 
     def finish(self) -> None:
         wb = self.wb if self.mean is None else self.mean
@@ -336,6 +404,25 @@ class AutogradStep(Step):
         if self.scheduler is not None:
             self.scheduler.step()
         self.averaging = self.average_start is not None and epoch + 1 >= self.average_start
+
+    def state_dict(self) -> dict[str, Any]:
+        # Generic over whatever the optimizer and scheduler keep: their own state_dicts.
+        return {
+            "model": self.trained.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "averaged": None if self.averaged is None else self.averaged.state_dict(),
+            "averaging": self.averaging,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trained.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.averaged is not None:
+            self.averaged.load_state_dict(state["averaged"])
+        self.averaging = state["averaging"]
 
     def finish(self) -> None:
         if self.averaged is None:
