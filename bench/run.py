@@ -4,12 +4,12 @@ Every figure is the median of --repeats runs; every target is a ratio of two thi
 side by side in this same run, because shared machines are noisy.
 
     python bench/run.py                 # everything (about 25 minutes on 2 cores)
-    python bench/run.py --only loop     # sections: loop, pipeline, sweep, tests, scale, huge,
-                                        #   ddp, predict, cpu (repeat --only for several)
+    python bench/run.py --only loop     # sections: loop, pipeline, sweep, cluster, tests, scale,
+                                        #   huge, ddp, predict, cpu (repeat --only for several)
     python bench/run.py --quick         # a smoke run with tiny sizes (used by the tests)
 
-The sections live in bench/loop.py, pipeline.py, sweeps.py, suite.py, scale.py, predict.py
-and cpu_settings.py; bench/common.py holds the table and the timing helpers they share.
+The sections live in bench/loop.py, pipeline.py, sweeps.py, cluster.py, suite.py, scale.py,
+predict.py and cpu_settings.py; bench/common.py holds the table and the timing helpers they share.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cpu_settings
 import predict
+from cluster import bench_cluster
 from common import ROOT, Table, machine
 from loop import bench_loop
 from pipeline import bench_pipeline
@@ -28,7 +29,18 @@ from scale import bench_ddp, bench_huge, bench_scale
 from suite import bench_suite
 from sweeps import bench_sweep
 
-SECTIONS = ("loop", "pipeline", "sweep", "tests", "scale", "huge", "ddp", "predict", "cpu")
+SECTIONS = (
+    "loop",
+    "pipeline",
+    "sweep",
+    "cluster",
+    "tests",
+    "scale",
+    "huge",
+    "ddp",
+    "predict",
+    "cpu",
+)
 PREDICT_GB = 0.25  # 1 GB (bench/predict.py's default) takes minutes on 2 cores
 
 
@@ -68,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_pipeline(table, repeats, work, epochs)
         if "sweep" in sections:
             bench_sweep(table, repeats, work, epochs)
+        if "cluster" in sections:
+            bench_cluster(table, repeats, work, epochs)
         if "tests" in sections:
             bench_suite(table, work)
         if "scale" in sections:

@@ -331,7 +331,7 @@ def run_grid(
         cloudpickle.register_pickle_by_value(sys.modules[run_point.__module__])
     outcomes: dict[str, Outcome] = {}
     futures = []
-    start = time.perf_counter()
+    start, submitted = time.perf_counter(), time.time()
     for point in points:
         name = experiment_name(point)
         if name in sweep.on_origin:
@@ -357,8 +357,11 @@ def run_grid(
             out = Outcome(name, point, "failed", log_tail=repr(future.exception()))
         else:
             out = future.result()
+            # From submitting to the task's start on its worker: the scheduler's share, and the
+            # wait for a free worker (the workers' clocks are assumed close to this one's).
+            out.timings["queued"] = out.started - submitted
         outcomes[out.name] = out
-        print(f"sweep: {out.name} ({describe(out.point)}): {out.status}", file=sys.stderr)
+        print(f"cluster_sweep: {out.name} ({describe(out.point)}): {out.status}", file=sys.stderr)
     wall = time.perf_counter() - start
     return [outcomes[experiment_name(p)] for p in points], wall
 
