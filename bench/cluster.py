@@ -9,8 +9,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from cluster_sweep import connect, expand_grid, gather, prepare, run_grid, table, varying_keys
 from common import Table, fresh_copy, measured, stage_costs
+
+# isort: split
+# common puts experiments/ on the path
+from cluster_sweep import connect, expand_grid, gather, prepare, run_grid, table, varying_keys
 from sweep import set_params
 from sweeps import GRID, N_GRID, RERUN, timed_sweep
 
