@@ -101,30 +101,6 @@ def bench_cluster(table_: Table, repeats: int, work: Path, epochs: int | None) -
         d / q <= 1.0,
     )
 
-    # One experiment, taken apart: medians over every experiment of every run.
-    outcomes = [o for r in runs for o in r["outcomes"]]
-
-    def med(key: str) -> float:
-        return statistics.median(o.timings[key] for o in outcomes)
-
-    set_params(repo, train__lr=0.003)  # the stages alone, in the workspace
-    costs = stage_costs(repo, RERUN, repeats)
-    subprocess.run(["git", "checkout", "params.yaml"], cwd=repo, check=True)
-    stages = sum(whole for _, whole in costs.values())
-    cluster = statistics.median(r["cluster"] for r in runs)
-    tasks = statistics.median(r["tasks"] for r in runs)
-    gathered = statistics.median(r["gather"] for r in runs)
-    busy = med("clone") + med("dvc") + med("push")
-    # A worker's share of the tasks' wall time not spent in a task: Dask's scheduling and the
-    # round trips between tasks.
-    sched = tasks * WORKERS / n - busy
-    table_.add(
-        "  per experiment on a worker (medians)",
-        f"scheduling {sched:.2f} + clone/fetch {med('clone'):.2f} + DVC "
-        f"{med('dvc') - stages:.2f} + stages {stages:.2f} + push {med('push'):.2f} s; "
-        f"gather {gathered / n:.2f} s per experiment; cluster start {cluster:.1f} s per sweep",
-    )
-
     # Gathering (dvc exp pull of every experiment, then the table) as the grid grows.
     gathers = {}
     for size, grid in GATHER_GRIDS.items():
@@ -135,4 +111,29 @@ def bench_cluster(table_: Table, repeats: int, work: Path, epochs: int | None) -
         "gather (dvc exp pull + table), 8 -> 32 experiments",
         f"{small:.1f} s -> {big:.1f} s ({big / small:.1f}x for 4x the experiments; "
         f"{small / 8:.2f} -> {big / 32:.2f} s each)",
+    )
+
+    # One experiment, taken apart: means over every experiment of every run (a worker clones
+    # once, for its first task: the mean is each experiment's share).
+    outcomes = [o for r in runs for o in r["outcomes"]]
+
+    def mean(key: str) -> float:
+        return statistics.mean(o.timings[key] for o in outcomes)
+
+    set_params(repo, train__lr=0.003)  # the stages alone, in the workspace
+    costs = stage_costs(repo, RERUN, repeats)
+    subprocess.run(["git", "checkout", "params.yaml"], cwd=repo, check=True)
+    stages = sum(whole for _, whole in costs.values())
+    cluster = statistics.median(r["cluster"] for r in runs)
+    tasks = statistics.median(r["tasks"] for r in runs)
+    gathered = statistics.median(r["gather"] for r in runs)
+    busy = mean("clone") + mean("dvc") + mean("push")
+    # A worker's share of the tasks' wall time not spent in a task: Dask's scheduling and the
+    # round trips between tasks.
+    sched = tasks * WORKERS / n - busy
+    table_.add(
+        "  per experiment (means)",
+        f"scheduling {sched:.2f} + clone/fetch {mean('clone'):.2f} + DVC "
+        f"{mean('dvc') - stages:.2f} + stages {stages:.2f} + push {mean('push'):.2f} s; "
+        f"gather {gathered / n:.2f} s per experiment; cluster start {cluster:.1f} s per sweep",
     )
