@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -396,7 +397,8 @@ def table(repo: Path, outcomes: Sequence[Outcome], keys: Sequence[str]) -> str:
 def _cell(row: dict, metric: str):
     for column, value in row.items():  # DVC prefixes a column with its file when ambiguous
         if column == metric or column.endswith(f":{metric}"):
-            return "-" if value is None else value
+            # 5 significant digits, as `dvc exp show` prints them
+            return "-" if value is None else f"{value:.5g}" if isinstance(value, float) else value
     return "-"
 
 
@@ -476,6 +478,7 @@ def connect(scheduler: str | None, workers: int | None):
             threads_per_worker=1,  # one experiment per worker at a time
             processes=True,
             dashboard_address=None,
+            silence_logs=logging.ERROR,  # not the workers' start and stop chatter
         ) as cluster,
         Client(cluster) as client,
     ):
