@@ -207,6 +207,9 @@ def run_point(job: Job) -> Outcome:
     t = time.perf_counter()
     with scratch_clone(job) as clone:
         out.timings["clone"] = time.perf_counter() - t
+        # A try of this task that died after `dvc exp run` but before the push left the
+        # experiment here only: not on origin, so it runs again, and DVC would refuse the name.
+        _git(clone, "update-ref", "-d", exp_ref(job.commit, job.name))
         log_path = clone / ".dvc" / "sweep.log"
         sets = [arg for s in job.point for arg in ("-S", s)]
         run = [bin_dir / "dvc", "exp", "run", "--pull", "--allow-missing", "-n", job.name, *sets]

@@ -372,3 +372,29 @@ def _boto_keys() -> dict[str, str]:
         "aws_access_key_id": "testing",
         "aws_secret_access_key": "testing",
     }
+
+
+@pytest.mark.slow
+def test_a_task_run_again_in_its_clone_after_a_lost_push(client_repo, tmp_path):
+    # A try that died between `dvc exp run` and the push leaves the experiment in the slot's
+    # clone only; the next try in that clone must run it again and push it, not trip over it.
+    from cluster_sweep import Job, prepare, run_point
+
+    sweep_ = prepare(client_repo)
+    point = ("train.lr=0.07",)
+    job = Job(
+        sweep_.origin,
+        sweep_.commit,
+        experiment_name(point),
+        point,
+        sweep_.identity,
+        sweep_.remote,
+        sweep_.remote_url,
+        str(tmp_path / "scratch"),
+    )
+    assert run_point(job).status == "done"
+    ref = exp_ref(job.commit, job.name)
+    run(["git", "update-ref", "-d", ref], Path(sweep_.origin))  # the push never happened
+    again = run_point(job)
+    assert again.status == "done", again.log_tail
+    assert job.name in origin_refs(client_repo)
