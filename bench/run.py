@@ -4,13 +4,13 @@ Every figure is the median of --repeats runs; every target is a ratio of two thi
 side by side in this same run, because shared machines are noisy.
 
     python bench/run.py                 # everything (about 25 minutes on 2 cores)
-    python bench/run.py --only loop     # sections: loop, pipeline, sweep, tests, scale, huge,
-                                        #   ddp, predict, cpu, checkpoints (repeatable)
+    python bench/run.py --only loop     # sections: loop, pipeline, sweep, cluster, tests, scale,
+                                        #   huge, ddp, predict, cpu, checkpoints (repeatable)
     python bench/run.py --quick         # a smoke run with tiny sizes (used by the tests)
 
-The sections live in bench/loop.py, pipeline.py, sweeps.py, suite.py, scale.py, predict.py,
-cpu_settings.py and checkpoints.py; bench/common.py holds the table and the timing helpers
-they share.
+The sections live in bench/loop.py, pipeline.py, sweeps.py, cluster.py, suite.py, scale.py,
+predict.py, cpu_settings.py and checkpoints.py; bench/common.py holds the table and the timing
+helpers they share.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import cpu_settings
 import predict
 from checkpoints import bench_checkpoints
+from cluster import bench_cluster
 from common import ROOT, Table, machine
 from loop import bench_loop
 from pipeline import bench_pipeline
@@ -34,6 +35,7 @@ SECTIONS = (
     "loop",
     "pipeline",
     "sweep",
+    "cluster",
     "tests",
     "scale",
     "huge",
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_pipeline(table, repeats, work, epochs)
         if "sweep" in sections:
             bench_sweep(table, repeats, work, epochs)
+        if "cluster" in sections:
+            bench_cluster(table, repeats, work, epochs)
         if "tests" in sections:
             bench_suite(table, work)
         if "scale" in sections:

@@ -74,14 +74,10 @@ def built(built_once, tmp_path) -> Path:
     return dest
 
 
-@pytest.fixture
-def s3_server(monkeypatch):
-    """An S3 server (moto) on 127.0.0.1 with an empty bucket `models`; yields its endpoint URL.
-    The test's environment has the credentials and region it accepts, for dvc and boto3."""
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    pytest.importorskip("dvc_s3", reason="S3 support not installed: pip install -e '.[s3]'")
+@contextlib.contextmanager
+def moto_s3():
+    """An S3 server (moto) on 127.0.0.1 with an empty bucket `models`, for any scope; yields
+    its endpoint URL. It accepts the key id and secret `testing`, region us-east-1."""
     server_mod = pytest.importorskip("moto.server", reason="moto not installed (the s3 extra)")
     import boto3
 
@@ -101,3 +97,15 @@ def s3_server(monkeypatch):
     finally:
         with contextlib.suppress(Exception):
             server.stop()
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """An S3 server (moto) on 127.0.0.1 with an empty bucket `models`; yields its endpoint URL.
+    The test's environment has the credentials and region it accepts, for dvc and boto3."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    pytest.importorskip("dvc_s3", reason="S3 support not installed: pip install -e '.[s3]'")
+    with moto_s3() as url:
+        yield url
