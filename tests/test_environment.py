@@ -52,9 +52,12 @@ def test_the_cpu_family_is_checked_in_portable_mode_only(tmp_path):
     environment.check("evaluate", "native", path)  # native promises nothing across machines
 
 
-def test_a_missing_record_names_the_command_that_writes_it(tmp_path):
-    with pytest.raises(ConfigError, match=r"not found.*python -m torchreg.environment"):
-        environment.check("plot", path=tmp_path / "environment.yaml")
+def test_without_a_record_nothing_is_checked_and_a_broken_one_is_named(tmp_path):
+    path = tmp_path / "environment.yaml"
+    environment.check("plot", path=path)  # a stage run by hand, outside the repository
+    path.write_text("cpu: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML.*python -m torchreg.environment"):
+        environment.check("plot", path=path)
 
 
 def test_cpu_modes_set_and_undo_the_settings(monkeypatch):

@@ -73,7 +73,11 @@ def recorded(path: Path = ENVIRONMENT_FILE) -> dict[str, str]:
 
 def check(stage: str, cpu_mode: str = "portable", path: Path = ENVIRONMENT_FILE) -> None:
     """Refuse, in one line, to run `stage` where the record it depends on is not true. The CPU
-    is checked in portable mode only: native mode promises nothing across machines."""
+    is checked in portable mode only: native mode promises nothing across machines. Without a
+    record (a stage run by hand outside the repository) there is nothing to check; under DVC
+    there always is one, as the stages list it among their params."""
+    if not path.exists():
+        return
     keys = [k for k in STAGE_KEYS[stage] if k != "cpu" or cpu_mode == "portable"]
     wrong = mismatches(keys, recorded(path), found())
     if wrong:
