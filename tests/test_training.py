@@ -11,7 +11,9 @@ from torchreg.model import build_model
 from torchreg.training import (
     LOSSES,
     AutogradStep,
+    DataParallelStep,
     FastLinearSGD,
+    divergence_limit,
     epoch_lrs,
     fit,
     make_step,
@@ -98,6 +100,35 @@ def test_divergence_stops_with_a_clear_error(params, fast):
         trained(params, train_rows(params, 100), fast=fast, epochs=200, lr=1e6, loss="mse")
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_loss_that_grows_without_overflow_is_divergence(params, fast):
+    """MAE with a huge lr: the weights swing, the loss stays finite but grows."""
+    with pytest.raises(DivergenceError, match=r"epoch 1: the loss grew to .* over 1000x"):
+        trained(params, train_rows(params, 100), fast=fast, epochs=20, lr=1e6, loss="mae")
+
+
+def test_an_untrained_loss_already_infinite_is_the_datas_fault(params):
+    rows = train_rows(params, 100)
+    rows[:, -1] = 3e38  # its square overflows float32
+    model = build_model(params.model, 4, 0.01, seeded(0, "init"))
+    with pytest.raises(DivergenceError, match=r"already inf before any step: the data or the "):
+        divergence_limit(model, rows, "mse")
+    with pytest.raises(DivergenceError, match=r"\(train.init_std\) are too large for float32$"):
+        divergence_limit(model, rows, "mse")
+
+
+def test_a_perfect_untrained_model_still_has_a_divergence_limit():
+    model = build_model(parse_params_model(), 4, 0.0, seeded(0, "init"))  # w = 0, b = 0
+    rows = torch.zeros(10, 5)  # y = 0: the untrained loss is 0
+    assert divergence_limit(model, rows, "mae") == pytest.approx(1e-3)  # 1000 x 1e-6
+
+
+def parse_params_model():
+    from torchreg.config import ModelConfig
+
+    return ModelConfig(kind="linear", hidden=(), activation="none")
+
+
 # Weights after 5 epochs (lr 0.01, 100 rows, train seed 0) from the code before lr_schedule and
 # average existed, as exact float32 values: the defaults must keep every bit. (The autograd
 # path's first weight moved by one bit when the portable mode took ATen's AVX2 kernels.)
@@ -130,6 +161,8 @@ def test_schedules_give_the_documented_lrs(params):
     cosine = epoch_lrs(cfg.model_copy(update={"lr_schedule": "cosine"}))
     expected = [0.5 * (1 + math.cos(math.pi * e / 8)) / 2 for e in range(8)]
     assert cosine == pytest.approx(expected, rel=1e-12)
+    odd = epoch_lrs(cfg.model_copy(update={"lr_schedule": "step", "epochs": 7}))  # 7 // 2, 21 // 4
+    assert odd == pytest.approx([0.5] * 3 + [0.05] * 2 + [0.005] * 2, rel=1e-12)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
@@ -224,3 +257,100 @@ def test_data_parallel_step_schedules_and_averages_the_plain_module(params, tmp_
     single, _ = trained(params, rows, fast=False, **changes)
     assert torch.allclose(model.w, single.w, atol=1e-6)
     assert torch.allclose(model.b, single.b, atol=1e-6)
+
+
+def test_the_step_fits_the_model_the_optimizer_and_the_processes(params, tmp_path):
+    import torch.distributed as dist
+
+    linear = build_model(params.model, 4, 0.01, seeded(0, "init"))
+    mlp = build_model(params.model.model_copy(update={"kind": "mlp"}), 4, 0.01, seeded(0, "init"))
+    cpu = RunContext(torch.device("cpu"))
+    adam = params.train.model_copy(update={"optimizer": "adam"})
+    assert type(make_step(linear, params.train, cpu)) is FastLinearSGD
+    assert type(make_step(linear, adam, cpu)) is AutogradStep
+    assert type(make_step(mlp, params.train, cpu)) is AutogradStep
+    assert isinstance(make_step(mlp, adam, cpu).optimizer, torch.optim.Adam)
+    assert type(make_step(mlp, params.train, cpu).optimizer) is torch.optim.SGD
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        step = make_step(linear, params.train, RunContext(torch.device("cpu"), 0, 2))
+        assert type(step) is DataParallelStep and (step.rank, step.world_size) == (0, 2)
+        assert step.trained is linear
+    finally:
+        dist.destroy_process_group()
+
+
+def test_callbacks_get_each_epoch_and_its_loss(params):
+    rows = train_rows(params, 50)
+    cfg = params.train.model_copy(update={"epochs": 4, "lr": 0.01})
+    model = build_model(params.model, 4, cfg.init_std, seeded(0, "init"))
+    seen = []
+    history = fit(
+        model, rows, cfg, seeded(0, "shuffle"), on_epoch=[lambda e, loss: seen.append((e, loss))]
+    )
+    assert seen == list(enumerate(history))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_epoch_loss_is_summed_in_float64(params, fast):
+    """Batches of one row, one with a loss of 2**24 and 199 of 0.3: a float32 sum would drop
+    every 0.3 after the big one (float32's spacing there is 2)."""
+    rows = torch.zeros(200, 5)
+    rows[:, -1] = 0.3
+    rows[0, -1] = 2.0**24
+    changes = {"epochs": 1, "lr": 1e-12, "init_std": 0.0, "batch_size": 1}
+    cfg = params.train.model_copy(update=changes)
+    model = build_model(params.model, 4, 0.0, seeded(0, "init"))
+    step = (FastLinearSGD if fast else AutogradStep)(model, cfg)
+    history = fit(model, rows, cfg, seeded(0, "shuffle"), step=step)
+    small = rows[1, -1].item()  # 0.3 in float32
+    assert history[0] == pytest.approx((2.0**24 + 199 * small) / 200, rel=1e-9)
+
+
+def test_data_in_several_windows_is_shuffled_by_the_seed_alone(params, monkeypatch):
+    """Windows of 64 rows (the data does not fit one): the window order is drawn from the
+    seeded generator, never torch's global one."""
+    import torchreg.training as training
+
+    monkeypatch.setattr(training, "WINDOW_BYTES", 64 * 5 * 4)
+    rows = train_rows(params, 300)
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        model, history = trained(params, rows, epochs=3, lr=0.01)
+        runs.append((model.w.clone(), history))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+    assert training.Windows(training.as_rows(rows), 16, torch.device("cpu")).n_windows == 5
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_average_start_0_averages_every_step(params, fast):
+    rows = train_rows(params, 64)  # 4 steps an epoch
+    cfg = params.train.model_copy(
+        update={"epochs": 3, "lr": 0.01, "average": "swa", "average_start": 0.0}
+    )
+    after = []
+    base = FastLinearSGD if fast else AutogradStep
+
+    class Recording(base):
+        def __call__(self, x, y, m, total):
+            super().__call__(x, y, m, total)
+            after.append(wb_of(self.model) if not fast else self.wb.clone())
+
+    model = build_model(params.model, 4, cfg.init_std, seeded(0, "init"))
+    fit(model, rows, cfg, seeded(0, "shuffle"), step=Recording(model, cfg))
+    assert len(after) == 12
+    expected = torch.stack(after).double().mean(0)
+    assert torch.allclose(wb_of(model).double(), expected, atol=1e-6)
+
+
+def test_adam_moves_each_weight_by_the_lr_on_its_first_step(params):
+    """Adam's first update is lr * m / sqrt(v) = lr * sign(gradient) for every weight (plain
+    SGD's is lr * gradient)."""
+    model = build_model(params.model, 4, 0.01, seeded(0, "init"))
+    before = wb_of(model).clone()
+    cfg = params.train.model_copy(update={"optimizer": "adam", "lr": 0.01})
+    step = AutogradStep(model, cfg)
+    x, y = train_rows(params, 16)[:, :4], train_rows(params, 16)[:, 4]
+    step(x, y, 16, torch.zeros((), dtype=torch.float64))
+    assert torch.allclose((wb_of(model) - before).abs(), torch.full((5,), 0.01), rtol=1e-3)

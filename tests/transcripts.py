@@ -35,6 +35,7 @@ PAGES = [
     "docs/schedules.md",
     "docs/team.md",
     "docs/testing.md",
+    "docs/mutation-testing.md",
     "docs/sweeps.md",
 ]
 NOT_REPLAYED = ("# illustrative", "# checked by tests/")
