@@ -19,14 +19,21 @@ if __name__ == "__main__":  # first: Ctrl-C during the imports below is one line
 
 from pathlib import Path
 
+from torchreg import environment
 from torchreg.config import load_params
+from torchreg.environment import ENVIRONMENT_FILE, STAGE_KEYS
 from torchreg.files import write_bytes
 
 OK = b"params.yaml checked\n"
 
 
 def run(params_path: Path, out: Path) -> None:
-    load_params(params_path)
+    params = load_params(params_path)
+    # The environment record too: a stage that found it untrue would refuse only after DVC had
+    # removed its outputs.
+    record = params_path.parent / ENVIRONMENT_FILE
+    for stage in STAGE_KEYS:
+        environment.check(stage, params.compute.cpu, record)
     write_bytes(out, OK)
 
 

@@ -58,6 +58,24 @@ def test_without_a_record_nothing_is_checked_and_a_broken_one_is_named(tmp_path)
     path.write_text("cpu: [unclosed\n")
     with pytest.raises(ConfigError, match=r"not valid YAML.*python -m torchreg.environment"):
         environment.check("plot", path=path)
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match=r'expected lines of `key: "value"` \(cpu, numpy'):
+        environment.check("plot", path=path)
+    path.write_text('cpu: "x"\n')
+    with pytest.raises(ConfigError, match=r"records no numpy \(this machine has '.*'\)"):
+        environment.check("plot", path=path)
+
+
+@pytest.mark.parametrize("kind", ["directory", "list"])
+def test_the_command_says_what_is_wrong_in_one_line(tmp_path, kind):
+    path = tmp_path / "environment.yaml"
+    path.mkdir() if kind == "directory" else path.write_text("- a\n")
+    result = run(
+        ["python", "-m", "torchreg.environment", "--check", "--file", str(path)], ROOT, check=False
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("environment: error: ") and str(path) in line
 
 
 def test_cpu_modes_set_and_undo_the_settings(monkeypatch):
@@ -121,10 +139,25 @@ def test_a_new_recorded_version_reruns_the_stages_it_affects_and_only_those(buil
     assert stale.returncode == 2
     assert "records pillow" in stale.stderr and len(stale.stderr.strip().splitlines()) == 1
     run(record, built)
-    assert ran_stages(run(["dvc", "repro"], built).stdout) == {"plot"}
+    assert ran_stages(run(["dvc", "repro"], built).stdout) == {"validate", "plot"}
     fake_version(built, "torch", "99.0")
     run(record, built)
-    assert ran_stages(run(["dvc", "repro"], built).stdout) == {"train", "evaluate"}
+    assert ran_stages(run(["dvc", "repro"], built).stdout) == {"validate", "train", "evaluate"}
     assert ran_stages(run(["dvc", "repro"], built).stdout) == set()
     shown = run(["dvc", "exp", "show", "--json"], built).stdout
     assert '"torch": "99.0"' in shown
+
+
+@pytest.mark.slow
+def test_a_false_record_stops_at_validate_and_deletes_nothing(built):
+    """DVC removes a stage's outputs just before running it: the record is checked first."""
+    before = {p: p.read_bytes() for p in (built / "models").iterdir()}
+    plots = {p: p.read_bytes() for p in (built / "plots").glob("*.png")}
+    record = built / "environment.yaml"
+    record.write_text(record.read_text().replace('torch: "', 'torch: "0.1-'))
+    failed = run(["dvc", "repro"], built, check=False)
+    assert failed.returncode != 0
+    assert "validate: error: environment.yaml records torch '0.1-" in failed.stderr
+    assert ran_stages(failed.stdout) == {"validate"}
+    assert {p: p.read_bytes() for p in (built / "models").iterdir()} == before
+    assert {p: p.read_bytes() for p in (built / "plots").glob("*.png")} == plots

@@ -130,7 +130,7 @@ class Params(_Section):
     model: ModelConfig
     train: TrainConfig
     plot: PlotConfig
-    compute: ComputeConfig = ComputeConfig()
+    compute: ComputeConfig
 
     @model_validator(mode="after")
     def _feature_exists(self) -> Params:

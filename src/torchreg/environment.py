@@ -22,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from torchreg.cpu import family
-from torchreg.errors import ConfigError
+from torchreg.errors import ConfigError, UserError
 from torchreg.files import write_bytes
 
 ENVIRONMENT_FILE = Path("environment.yaml")
@@ -35,6 +35,7 @@ STAGE_KEYS = {
     "plot": ("numpy", "matplotlib", "pillow"),
 }
 RECORD = "python -m torchreg.environment"
+MAX_SHOWN = 2  # differences named in one message
 HEADER = (
     "# What besides params.yaml and the code can change output bytes; the stages read these\n"
     "# as params and refuse to run where they are not true.\n"
@@ -66,8 +67,11 @@ def recorded(path: Path = ENVIRONMENT_FILE) -> dict[str, str]:
 
     try:
         raw = read_params_file(path)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc}; record this machine's with: {RECORD}") from None
+    except UserError as exc:
+        text = str(exc)
+        if "expected a mapping of sections" in text:  # read_params_file speaks of params.yaml
+            text = f'{path}: expected lines of `key: "value"` ({", ".join(found())})'
+        raise ConfigError(f"{text}; record this machine's with: {RECORD}") from None
     return {str(k): str(v) for k, v in raw.items()}
 
 
@@ -89,11 +93,16 @@ def check(stage: str, cpu_mode: str = "portable", path: Path = ENVIRONMENT_FILE)
 
 
 def mismatches(keys: Iterable[str], was: dict[str, str], now: dict[str, str]) -> list[str]:
-    return [
-        f"{key} {was.get(key, '(nothing)')!r} but this machine has {now[key]!r}"
+    """What differs, the first MAX_SHOWN of it, then how many more."""
+    wrong = [
+        f"{key} {was[key]!r} but this machine has {now[key]!r}"
+        if key in was
+        else f"no {key} (this machine has {now[key]!r})"
         for key in keys
         if was.get(key) != now[key]
-    ][:2]
+    ]
+    more = len(wrong) - MAX_SHOWN
+    return wrong[:MAX_SHOWN] + ([f"and {more} more"] if more > 0 else [])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,13 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", action="store_true", help="only say whether it is true here")
     parser.add_argument("--file", type=Path, default=ENVIRONMENT_FILE)
     args = parser.parse_args(argv)
-    if not args.check:
-        here = record(args.file)
-        print(f"wrote {args.file}: " + ", ".join(f"{k} {v}" for k, v in here.items()))
-        return
     try:
+        if not args.check:
+            here = record(args.file)
+            print(f"wrote {args.file}: " + ", ".join(f"{k} {v}" for k, v in here.items()))
+            return
         wrong = mismatches(found(), recorded(args.file), found())
-    except ConfigError as exc:
+    except (UserError, OSError) as exc:
         sys.exit(f"environment: error: {exc}")
     if wrong:
         sys.exit(f"environment: {args.file} records {'; '.join(wrong)} (record it: {RECORD})")
