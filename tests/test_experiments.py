@@ -161,7 +161,9 @@ def test_every_param_can_be_set_with_dash_s(repo):
         "train.lr_schedule": "cosine",
         "train.average": "swa",
         "train.average_start": "0.25",
+        "train.checkpoint_every_s": "30",
         "plot.feature": "2",
+        "compute.cpu": "native",
     }
     import yaml
 

@@ -25,6 +25,7 @@ PAGES = [
     "README.md",
     "docs/failure-behaviour.md",
     "docs/versions.md",
+    "docs/sweeps.md",
     "docs/interrupted-runs.md",
     "docs/activations.md",
     "docs/dependencies.md",
@@ -36,7 +37,6 @@ PAGES = [
     "docs/team.md",
     "docs/testing.md",
     "docs/mutation-testing.md",
-    "docs/sweeps.md",
 ]
 NOT_REPLAYED = ("# illustrative", "# checked by tests/")
 
