@@ -32,8 +32,7 @@ def run(params_path: Path, out: Path) -> None:
     # The environment record too: a stage that found it untrue would refuse only after DVC had
     # removed its outputs.
     record = params_path.parent / ENVIRONMENT_FILE
-    for stage in STAGE_KEYS:
-        environment.check(stage, params.compute.cpu, record)
+    environment.check(STAGE_KEYS, params.compute.cpu, record)
     write_bytes(out, OK)
 
 

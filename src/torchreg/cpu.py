@@ -32,7 +32,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-MODES = ("portable", "native")
 _mode = "portable"  # what `use` set last; the package's import sets the portable mode
 V3_FLAGS = {"avx2", "fma"}  # with AVX, which both imply: what ATen's avx2 kernels execute
 
@@ -47,10 +46,8 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(names.get(k, k.lower()) for k, on in __cpu_features__.items() if on)
 
 
-def family(mode: str = "portable") -> str:
-    """The family of CPUs that give the same bytes as this one under `mode`."""
-    if mode == "native":
-        return f"native ({cpu_name()})"
+def family() -> str:
+    """The family of CPUs that give the same bytes as this one in the portable mode."""
     if platform.machine() not in ("x86_64", "AMD64"):
         return f"portable on {platform.machine()} (not x86-64: its own bytes)"
     return "x86-64-v3" if cpu_flags() >= V3_FLAGS else "x86-64 baseline"

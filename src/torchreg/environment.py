@@ -46,7 +46,7 @@ HEADER = (
 
 def found() -> dict[str, str]:
     """What this machine has, in the file's keys."""
-    out = {"cpu": family("portable")}
+    out = {"cpu": family()}
     for name in PACKAGES:
         try:
             out[name] = version(name)
@@ -75,14 +75,19 @@ def recorded(path: Path = ENVIRONMENT_FILE) -> dict[str, str]:
     return {str(k): str(v) for k, v in raw.items()}
 
 
-def check(stage: str, cpu_mode: str = "portable", path: Path = ENVIRONMENT_FILE) -> None:
-    """Refuse, in one line, to run `stage` where the record it depends on is not true. The CPU
-    is checked in portable mode only: native mode promises nothing across machines. Without a
-    record (a stage run by hand outside the repository) there is nothing to check; under DVC
-    there always is one, as the stages list it among their params."""
+def check(
+    stage: str | Iterable[str], cpu_mode: str = "portable", path: Path = ENVIRONMENT_FILE
+) -> None:
+    """Refuse, in one line, to run `stage` (or several: the file is read once) where the record
+    it depends on is not true. The CPU is checked in portable mode only: native mode promises
+    nothing across machines. Without a record (a stage run by hand outside the repository)
+    there is nothing to check; under DVC there always is one, as the stages list it among their
+    params."""
     if not path.exists():
         return
-    keys = [k for k in STAGE_KEYS[stage] if k != "cpu" or cpu_mode == "portable"]
+    stages = [stage] if isinstance(stage, str) else list(stage)
+    needed = {k for name in stages for k in STAGE_KEYS[name]}
+    keys = [k for k in found() if k in needed and (k != "cpu" or cpu_mode == "portable")]
     wrong = mismatches(keys, recorded(path), found())
     if wrong:
         raise ConfigError(
@@ -115,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
             here = record(args.file)
             print(f"wrote {args.file}: " + ", ".join(f"{k} {v}" for k, v in here.items()))
             return
-        wrong = mismatches(found(), recorded(args.file), found())
+        here = found()
+        wrong = mismatches(here, recorded(args.file), here)
     except (UserError, OSError) as exc:
         sys.exit(f"environment: error: {exc}")
     if wrong:
