@@ -13,6 +13,27 @@ from support import ROOT, run, set_params
 from torchreg.config import Params, parse_params, read_params_file
 
 
+def pytest_make_parametrize_id(config, val, argname):
+    """A string's id in printable ASCII without a backslash (a newline shows as ^n). pytest
+    escapes other ids again each time it collects them in one process, so an id that holds a
+    backslash selects no test the second time: mutmut collects once, then runs each mutant's
+    tests by id in the same process. pytest_collection_modifyitems keeps every id this way."""
+    if isinstance(val, bytes):
+        val = val.decode("latin-1")
+    if isinstance(val, str):
+        return repr(val)[1:-1].encode("ascii", "backslashreplace").decode().replace("\\", "^")
+    return None
+
+
+def pytest_collection_modifyitems(items):
+    bad = [item.nodeid for item in items if "\\" in item.nodeid or not item.nodeid.isascii()]
+    if bad:
+        raise pytest.UsageError(
+            f"{len(bad)} test ids hold a backslash or non-ASCII, e.g. {bad[0]}: give them ids "
+            "in printable ASCII (see pytest_make_parametrize_id in tests/conftest.py)"
+        )
+
+
 @pytest.fixture
 def raw_params() -> dict:
     """params.yaml of the repo as a plain dict (read as the stages read it), to modify per test."""

@@ -155,7 +155,6 @@ def same(a: object, b: object) -> bool:
         "%YAML 1.1\n---\ntrain:\n  seed: 010\n  flag: yes\n",  # the file may ask for 1.1
         "",
     ],
-    ids=repr,
 )
 def test_stages_read_params_as_dvc_does(tmp_path, text):
     path = tmp_path / "params.yaml"

@@ -58,6 +58,12 @@ s = json.load(open(f"{copy}/mutants/mutmut-cicd-stats.json"))
 others = {k: v for k, v in s.items() if k not in ("killed", "survived", "total") and v}
 print(f"== {module}: {s['killed']} of {s['total']} mutants killed, {s['survived']} survived",
       f"{others or ''} in {seconds} s ({copy})")
+# mutmut counts a run whose tests could not start (pytest's exit 4, as exit 255) as a timeout.
+meta = json.load(open(f"{copy}/mutants/src/torchreg/{module}.py.meta"))
+broken = sorted(k for k, code in meta["exit_code_by_key"].items() if code == 255)
+if broken:
+    sys.exit(f"mutate: {len(broken)} mutants of {module} could not run their tests, e.g. "
+             f"{broken[0]}: `mutmut run {broken[0]}` in {copy} says why")
 PY
   (cd "$copy" && mutmut results)
 done
