@@ -15,10 +15,10 @@ root=$PWD
 declare -A tests=(
   [evaluation]="tests/test_evaluation.py"
   [training]="tests/test_training.py"
-  [config]="tests/test_config.py"
+  [config]="tests/test_config.py|tests/test_bounded_messages.py"
   [model]="tests/test_model.py"
   [data]="tests/test_data.py|tests/test_disk.py"
-  [files]="tests/test_paths.py|-m|not slow"
+  [files]="tests/test_files.py|tests/test_paths.py|-m|not slow"
 )
 order=(evaluation training config model data files)
 [ $# -gt 0 ] && order=("$@")
