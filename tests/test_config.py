@@ -403,3 +403,143 @@ def test_a_message_lists_at_most_two_problems(raw_params):
     problems = str(err.value).split("; ")
     assert len(problems) == 3 and problems[2] == "and 2 more problems", str(err.value)
     assert all(p.startswith("params.yaml: ") for p in problems[:2])
+
+
+# --- limits and whole messages: what mutation testing found unchecked ----------------------
+
+
+def test_two_problems_are_listed_without_a_count(raw_params):
+    raw_params["train"]["lr"] = raw_params["train"]["epochs"] = -1
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw_params)
+    assert str(err.value) == (
+        "params.yaml: train.lr = -1 is not allowed: Input should be greater than 0; "
+        "params.yaml: train.epochs = -1 is not allowed: Input should be greater than or equal to 1"
+    )
+
+
+def test_a_cross_field_check_is_its_own_whole_message(raw_params):
+    raw_params["plot"]["feature"] = 4
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw_params)
+    assert str(err.value) == (
+        "params.yaml: plot.feature = 4 is not a feature: allowed 0..3 (data.true_w has 4 values)"
+    )
+
+
+def test_a_long_unknown_key_or_value_is_cut(raw_params):
+    raw_params["train"]["k" * 200] = 1
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw_params)
+    key = str(err.value).removeprefix("params.yaml: unknown key ").split(" in train")[0]
+    assert len(key) == 40 and key.startswith("'kkk") and key.endswith("..."), key
+    del raw_params["train"]["k" * 200]
+    raw_params["train"]["loss"] = "x" * 200
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw_params)
+    value = str(err.value).removeprefix("params.yaml: train.loss = ").split(" is not allowed")[0]
+    assert len(value) == 60 and value.endswith("..."), value
+
+
+@pytest.mark.parametrize("count", [2.0**63, 1e19])
+def test_a_count_past_int64_stays_a_float_and_is_refused(raw_params, count):
+    raw_params["data"]["seed"] = count
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw_params)
+    assert str(err.value) == (
+        f"params.yaml: data.seed = {count!r} is not allowed: Input should be a valid integer"
+    )
+
+
+def test_the_size_check_counts_every_value_up_to_its_limit(raw_params):
+    from torchreg.config import MAX_VALUES
+
+    # root, the key "data", the list, and the list's values: MAX_VALUES in all, then one more
+    at_limit = {"data": [0] * (MAX_VALUES - 3)}
+    with pytest.raises(ConfigError) as err:
+        parse_params(at_limit)
+    assert "too large" not in str(err.value)
+    at_limit["data"].append(0)
+    with pytest.raises(ConfigError) as err:
+        parse_params(at_limit)
+    assert str(err.value) == (
+        "params.yaml: too large or too deeply nested (over 100,000 values, counting each YAML "
+        "alias again): params are a few sections of scalars and lists"
+    )
+
+
+def test_messages_are_one_line_whatever_they_quote():
+    from torchreg.config import _one_line
+
+    assert _one_line("a\r\nb\nc\rd") == "a\\r\\nb\\nc\\rd"
+
+
+def test_a_params_file_is_read_up_to_its_limit_and_no_further(tmp_path, monkeypatch):
+    import torchreg.config as config
+
+    reads = []
+
+    def counting_open(path):
+        f = open(path, "rb")  # noqa: SIM115 (returned, closed by the caller)
+        real_read = f.read
+        f.read = lambda n=-1: reads.append(n) or real_read(n)
+        return f
+
+    monkeypatch.setattr(config, "open_input", counting_open)
+    text = (ROOT / "params.yaml").read_text()
+    pad = "#" * (config.MAX_PARAMS_BYTES - len(text.encode()) - 1) + "\n"
+    path = tmp_path / "params.yaml"
+    path.write_text(pad + text)  # exactly the limit: its last byte counts
+    assert path.stat().st_size == config.MAX_PARAMS_BYTES
+    assert config.load_params(path).compute.cpu == "portable"
+    path.write_text("#" + pad + text)
+    with pytest.raises(ConfigError) as err:
+        config.load_params(path)
+    assert str(err.value) == (
+        f"{path}: over 4 MiB: a params file is a few KB of sections (data, model, train, plot)"
+    )
+    assert reads == [config.MAX_PARAMS_BYTES + 1] * 2
+
+
+LONG = "a" * 200
+ONCE = "a key may appear only once (DVC refuses the file too)"
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        # a ReaderError: it has no mark and no problem
+        ("data: 1\n\x01\n", "not valid YAML: invalid syntax"),
+        (
+            "data: [unclosed\n",
+            "not valid YAML at line 2, column 1: expected ',' or ']', but got '<stream end>'",
+        ),
+        (f"data: *{LONG}\n", f"not valid YAML at line 1, column 7: found undefined alias {LONG!r}"),
+        (f"data: !!float {LONG}\n", f"not valid YAML: could not convert string to float: {LONG!r}"),
+        ("data: {}\ntrain: {}\ndata: {}\n", f"duplicate key 'data' at line 3: {ONCE}"),
+        (f"{LONG}: 1\n{LONG}: 2\n", f"duplicate key {LONG!r} at line 2: {ONCE}"),
+        (
+            b"data: \xff\n",
+            "cannot be read: 'utf-8' codec can't decode byte 0xff in position 6: "
+            "invalid start byte",
+        ),
+    ],
+    ids=["control-char", "unclosed", "long-alias", "long-float", "dup", "long-dup", "not-utf-8"],
+)
+def test_unreadable_params_files_get_whole_clipped_messages(tmp_path, text, expected):
+    from torchreg.errors import clip
+
+    path = tmp_path / "params.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    # Each part quoted from the parser is cut as the code says: problems at 120 characters,
+    # a duplicate key at 40.
+    head, _, quoted = expected.partition(": ")
+    limit = 40 if head.startswith("duplicate key") else 120
+    if head.startswith("duplicate key"):
+        key = head.removeprefix("duplicate key ").split(" at line")[0]
+        expected = expected.replace(key, clip(key, 40))
+    else:
+        expected = f"{head}: {clip(quoted, limit)}" if quoted else expected
+    assert str(err.value) == f"{path}: {expected}"

@@ -155,7 +155,7 @@ def _where(loc: tuple) -> str:
 
 
 def _describe(error: dict, source: str) -> str:
-    loc = tuple(p for p in error["loc"] if not str(p).startswith("function-"))
+    loc = error["loc"]
     key = _where(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -191,7 +191,7 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     except RecursionError:
         raise ConfigError(f"{source}: {TOO_DEEP}") from None
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False)
+        errors = exc.errors()
         message = "; ".join(_describe(e, source) for e in errors[:MAX_PROBLEMS])
         if len(errors) > MAX_PROBLEMS:
             message += f"; and {len(errors) - MAX_PROBLEMS} more problems"
