@@ -354,3 +354,53 @@ def test_adam_moves_each_weight_by_the_lr_on_its_first_step(params):
     x, y = train_rows(params, 16)[:, :4], train_rows(params, 16)[:, 4]
     step(x, y, 16, torch.zeros((), dtype=torch.float64))
     assert torch.allclose((wb_of(model) - before).abs(), torch.full((5,), 0.01), rtol=1e-3)
+
+
+def test_divergence_is_past_the_limit_not_at_it():
+    from torchreg.training import check_divergence
+
+    check_divergence(2000.0, 2000.0, 0, 0.5)  # at the limit: still training
+    with pytest.raises(DivergenceError) as err:
+        check_divergence(2000.5, 2000.0, 6, 0.5)
+    assert str(err.value) == (
+        "training diverged at epoch 7: the loss grew to 2000, over 1000x the untrained "
+        "model's 2 with train.lr = 0.5; try a smaller train.lr"
+    )
+    with pytest.raises(DivergenceError) as err:
+        check_divergence(math.nan, 2000.0, 0, 1e-3)
+    assert str(err.value) == (
+        "training diverged at epoch 1: the loss became nan with train.lr = 0.001; "
+        "try a smaller train.lr"
+    )
+
+
+@pytest.mark.parametrize(
+    "columns,batch_size,expected",
+    [
+        (5, 16, 6710880),  # 128 MiB of float32 rows of 5 columns, cut to whole batches
+        (5, 10**7, 10**7),  # a batch larger than the window: one batch a window
+        (2**26, 1, 1),  # a row larger than the window: one row a window
+    ],
+)
+def test_a_window_is_a_whole_number_of_batches(columns, batch_size, expected):
+    from torchreg.training import WINDOW_BYTES, Windows
+
+    assert WINDOW_BYTES == 128 << 20
+    assert Windows.rows_per_window(columns, batch_size) == expected
+
+
+def test_each_window_reads_its_own_rows(params, monkeypatch):
+    """300 rows in windows of 64: the last one short, each read from its own offset, none kept
+    (only data that fits one window is kept on the device)."""
+    import torchreg.training as training
+
+    monkeypatch.setattr(training, "WINDOW_BYTES", 64 * 5 * 4)
+    rows = train_rows(params, 300)
+    windows = training.Windows(training.as_rows(rows), 16, torch.device("cpu"))
+    assert (windows.size, windows.n_windows) == (64, 5)
+    for index in (4, 0, 2, 2):
+        assert torch.equal(windows.get(index), rows[64 * index : 64 * (index + 1)])
+    assert windows._kept is None
+    order = [w[0].clone() for w in windows.shuffled(seeded(0, "shuffle"))]
+    starts = sorted(int((rows[:, 0] == first[0]).nonzero()[0]) for first in order)
+    assert starts == [0, 64, 128, 192, 256]

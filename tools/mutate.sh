@@ -6,7 +6,8 @@
 # Each module runs in its own copy of the repo under $MUTATE_DIR (default: a folder in /tmp),
 # so the working tree never holds a mutant; the copy is kept, for `mutmut show NAME` there.
 # Prints mutmut's summary and the surviving mutants of each module; MUTATE_JOBS processes
-# (default 2). Needs the test extra installed (./run.sh setup does).
+# (default 2); MUTATE_ONLY (patterns of mutant names) runs some mutants only. Needs the test
+# extra installed (./run.sh setup does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -32,6 +33,7 @@ for module in "${order[@]}"; do
   rm -rf "$copy" && mkdir -p "$copy"
   # The tracked files as they are now in the working tree (edits included), nothing built.
   git ls-files -z | (cd "$root" && xargs -0 cp --parents -t "$copy")
+  git -C "$copy" init -q  # for the tests that ask git what it ignores
   IFS="|" read -r -a selection <<<"${tests[$module]}"
   # pyproject.toml has no [tool.mutmut]: mutmut reads setup.cfg, one list item a line. The
   # whole package is copied (the tests import it from the copy), one module mutated; -n 0:
@@ -44,11 +46,14 @@ for module in "${order[@]}"; do
     printf 'pytest_add_cli_args_test_selection =\n'
     printf '    %s\n' "${selection[@]}"
     printf 'also_copy =\n'
-    printf '    %s\n' stages experiments params.yaml dvc.yaml
+    printf '    %s\n' stages experiments params.yaml dvc.yaml .gitignore .dvcignore
     echo "process_isolation = forkserver"  # torch is not fork-safe once its threads started
   } >"$copy/setup.cfg"
   start=$SECONDS
-  (cd "$copy" && mutmut run --max-children "${MUTATE_JOBS:-2}" >mutmut.log 2>&1) ||
+  # MUTATE_ONLY: mutmut's name patterns, to run some mutants only (e.g. after a new test):
+  # MUTATE_ONLY='torchreg.training.x_check_divergence*' ./run.sh mutate training
+  read -r -a only <<<"${MUTATE_ONLY:-}"
+  (cd "$copy" && mutmut run --max-children "${MUTATE_JOBS:-2}" "${only[@]}" >mutmut.log 2>&1) ||
     { tail -20 "$copy/mutmut.log" >&2; exit 1; }
   (cd "$copy" && mutmut export-cicd-stats >/dev/null)
   python3 - "$module" $((SECONDS - start)) "$copy" <<'PY'
