@@ -503,6 +503,7 @@ def test_a_params_file_is_read_up_to_its_limit_and_no_further(tmp_path, monkeypa
 
 LONG = "a" * 200
 ONCE = "a key may appear only once (DVC refuses the file too)"
+TOO_DEEP_REST = "params are a few sections of scalars and lists"
 
 
 @pytest.mark.parametrize(
@@ -518,13 +519,23 @@ ONCE = "a key may appear only once (DVC refuses the file too)"
         (f"data: !!float {LONG}\n", f"not valid YAML: could not convert string to float: {LONG!r}"),
         ("data: {}\ntrain: {}\ndata: {}\n", f"duplicate key 'data' at line 3: {ONCE}"),
         (f"{LONG}: 1\n{LONG}: 2\n", f"duplicate key {LONG!r} at line 2: {ONCE}"),
+        ("deep: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply: " + TOO_DEEP_REST),
         (
             b"data: \xff\n",
             "cannot be read: 'utf-8' codec can't decode byte 0xff in position 6: "
             "invalid start byte",
         ),
     ],
-    ids=["control-char", "unclosed", "long-alias", "long-float", "dup", "long-dup", "not-utf-8"],
+    ids=[
+        "control-char",
+        "unclosed",
+        "long-alias",
+        "long-float",
+        "dup",
+        "long-dup",
+        "deep",
+        "utf-8",
+    ],
 )
 def test_unreadable_params_files_get_whole_clipped_messages(tmp_path, text, expected):
     from torchreg.errors import clip
@@ -543,3 +554,21 @@ def test_unreadable_params_files_get_whole_clipped_messages(tmp_path, text, expe
     else:
         expected = f"{head}: {clip(quoted, limit)}" if quoted else expected
     assert str(err.value) == f"{path}: {expected}"
+
+
+def test_a_duplicate_key_message_ruamel_words_otherwise_is_quoted_cut(tmp_path, monkeypatch):
+    """The key is read from ruamel's wording; if that changes, its problem is quoted, cut."""
+    import torchreg.config as config
+
+    class Mark:
+        line = 4
+
+    def load(self, text):
+        raise config.DuplicateKeyError(problem="p" * 100, problem_mark=Mark())
+
+    monkeypatch.setattr(config.YAML, "load", load)
+    path = tmp_path / "params.yaml"
+    path.write_text("data: {}\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: duplicate key {'p' * 77}... at line 5: {ONCE}"

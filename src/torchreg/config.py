@@ -149,8 +149,9 @@ SECTIONS = tuple(Params.model_fields)
 def _where(loc: tuple) -> str:
     out = ""
     for part in loc:
-        name = clip(str(part), 40)  # a key can be a 1 MB string too
-        out += f"[{part}]" if isinstance(part, int) else (f".{name}" if out else name)
+        # The schema's own names and list indexes: a key of the user's shows only in the
+        # unknown-key message, cut there.
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
@@ -188,8 +189,6 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     _check_size(raw, source)
     try:
         return Params.model_validate(raw)
-    except RecursionError:
-        raise ConfigError(f"{source}: {TOO_DEEP}") from None
     except ValidationError as exc:
         errors = exc.errors()
         message = "; ".join(_describe(e, source) for e in errors[:MAX_PROBLEMS])
