@@ -19,7 +19,7 @@ declare -A tests=(
   [config]="tests/test_config.py|tests/test_bounded_messages.py"
   [model]="tests/test_model.py"
   [data]="tests/test_data.py|tests/test_disk.py"
-  [files]="tests/test_files.py|tests/test_paths.py|-m|not slow"
+  [files]="tests/test_files.py"
 )
 order=(evaluation training config model data files)
 [ $# -gt 0 ] && order=("$@")
@@ -33,7 +33,9 @@ for module in "${order[@]}"; do
   rm -rf "$copy" && mkdir -p "$copy"
   # The tracked files as they are now in the working tree (edits included), nothing built.
   git ls-files -z | (cd "$root" && xargs -0 cp --parents -t "$copy")
-  git -C "$copy" init -q  # for the tests that ask git what it ignores
+  # A repo of one commit, as a clone is: some tests ask git what it ignores, DVCLive asks HEAD.
+  git -C "$copy" init -q && git -C "$copy" add -A &&
+    git -C "$copy" -c user.name=mutate -c user.email=mutate@localhost commit -qm copy
   IFS="|" read -r -a selection <<<"${tests[$module]}"
   # pyproject.toml has no [tool.mutmut]: mutmut reads setup.cfg, one list item a line. The
   # whole package is copied (the tests import it from the copy), one module mutated; -n 0:
