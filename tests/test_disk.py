@@ -3,11 +3,15 @@
 import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 
-from support import ROOT
+import torchreg.data
+from support import ROOT, subprocess_env
 from torchreg.data import check_disk, dvc_cache_copy_dir, nbytes
 from torchreg.errors import DataError
 
@@ -25,6 +29,13 @@ def fake_disk(monkeypatch, free: int) -> None:
         return Usage(10**12, 0, free - temps)
 
     monkeypatch.setattr(shutil, "disk_usage", usage)
+
+
+def refusal(outputs: dict) -> str:
+    """The message check_disk(outputs) is refused with."""
+    with pytest.raises(DataError) as exc:
+        check_disk(outputs)
+    return str(exc.value)
 
 
 @pytest.fixture
@@ -105,6 +116,9 @@ def test_the_message_tells_close_figures_apart(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"needs 0\.2001 GB but .* has 0\.2000 GB free"):
         check_disk({tmp_path / "data/train.npy": 200_100_000})
     check_disk({tmp_path / "data/train.npy": 200_000_000})  # exactly fits
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: Usage(10**12, 0, 10**9))
+    with pytest.raises(DataError, match=r"needs 1\.000000001 GB but .* has 1\.000000000 GB free"):
+        check_disk({tmp_path / "data/train.npy": 10**9 + 1})
 
 
 def test_a_cache_on_another_file_system_is_checked_on_its_own(tmp_path, monkeypatch):
@@ -142,3 +156,52 @@ def test_a_cache_on_another_file_system_is_checked_on_its_own(tmp_path, monkeypa
     disk(cache_free=150)  # one file system: the data and its copy, 200 in 150
     with pytest.raises(DataError, match=r"needs 0\.0000002 GB \(with 0\.0000001 GB for DVC"):
         check_disk({data: 100})
+
+
+def test_the_whole_message_with_and_without_dvcs_cache_copy(tmp_path, monkeypatch):
+    """Both outputs count, each once more for DVC's cache copy when the cache is on the same
+    file system."""
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: Usage(10**12, 0, 8 * 10**9))
+    outputs = {tmp_path / "data/train.npy": 3 * 10**9, tmp_path / "data/test.npy": 2 * 10**9}
+    advice = "free some space, lower data.n_train / data.n_test"
+    assert refusal({tmp_path / "data/train.npy": 9 * 10**9}) == (
+        f"the data needs 9.00 GB but {tmp_path / 'data'}/ has 8.00 GB free: {advice}"
+    )
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert refusal(outputs) == (
+        f"the data needs 10.00 GB (with 5.00 GB for DVC's cache copy) but {tmp_path / 'data'}/ "
+        f"has 8.00 GB free: {advice}, or set `dvc cache dir` to another disk"
+    )
+
+
+def test_an_output_whose_folder_cannot_be_made_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    path = tmp_path / ("x" * 300) / "train.npy"
+    assert refusal({path: 1}) == f"cannot write {path}: File name too long"
+
+
+@pytest.mark.parametrize(
+    "config", [b"dir = elsewhere\n", b"[cache]\n    dir = \xff\n"], ids=["no-section", "latin-1"]
+)
+def test_a_config_dvc_would_refuse_means_the_default_cache(tmp_path, monkeypatch, config):
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc/config").write_bytes(config)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert dvc_cache_copy_dir() == tmp_path / ".dvc/cache"
+
+
+def test_the_config_is_read_as_utf_8_under_any_locale(tmp_path, monkeypatch):
+    """Here, then in a process whose locale is C (ASCII)."""
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc/config").write_text("[cache]\n    dir = cach\u00e9\n", encoding="utf-8")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert dvc_cache_copy_dir() == tmp_path / ".dvc/cach\u00e9"
+    env = subprocess_env(
+        Path(torchreg.data.__file__).parents[1],  # this package, mutated or not
+        LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0", DVC_ROOT=str(tmp_path),
+    )  # fmt: skip
+    code = "from torchreg.data import dvc_cache_copy_dir; print(ascii(str(dvc_cache_copy_dir())))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == ascii(str(tmp_path / ".dvc/cach\u00e9")), out.stderr

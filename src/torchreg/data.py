@@ -249,11 +249,11 @@ class DataFile:
                 if version == (1, 0)
                 else np.lib.format.read_array_header_2_0
             )
-            shape, fortran_order, dtype = read(f, max_header_size=MAX_HEADER_BYTES)
+            shape, fortran_order, dtype = read(f)  # numpy's own 10,000-byte limit never binds
         except (ValueError, OSError, EOFError, SyntaxError) as exc:
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise DataError(f"{self.path}: not a valid data file ({reason})") from None
-        if dtype != np.float32 or dtype.byteorder == ">":
+        if dtype != np.float32:  # a byte-swapped float32 too: numpy's dtypes compare the order
             raise DataError(
                 f"{self.path}: holds {dtype.str} ({dtype}) values; a data file holds "
                 "little-endian float32 ('<f4')"
