@@ -13,6 +13,7 @@ from torchreg.config import DataConfig
 from torchreg.data import (
     CHUNK_ROWS,
     DIGEST_NOTE,
+    NPY_MAGIC,
     ArrayRows,
     DataFile,
     as_rows,
@@ -139,6 +140,14 @@ def test_data_file_reads_row_ranges(tmp_path, params):
     assert np.array_equal(data.read(123, 4567), whole[123:4567])
     assert np.array_equal(np.concatenate(list(data.blocks(30_000))), whole)
     assert np.array_equal(DataFile(tmp_path / "d.npy").read(), whole)
+    for start, stop in ((7, 7), (len(whole), None), (9, 3)):
+        assert DataFile(tmp_path / "d.npy").read(start, stop).shape == (0, whole.shape[1])
+
+
+def npy_with_header(header: bytes) -> bytes:
+    """A version 1.0 .npy file of this header text, padded as numpy pads it, and no data."""
+    padded = header + b" " * (-(len(NPY_MAGIC) + 4 + len(header) + 1) % 64) + b"\n"
+    return NPY_MAGIC + b"\x01\x00" + len(padded).to_bytes(2, "little") + padded
 
 
 @pytest.mark.parametrize(
@@ -149,8 +158,11 @@ def test_data_file_reads_row_ranges(tmp_path, params):
         (bytes(range(256)) * 4, "not a .npy file"),
         (b"\x93NUMPY garbage", ".npy version 32"),
         (b"\x93NUMPY\x09\x00" + bytes(100), ".npy version 9"),
+        (npy_with_header(b"{[]: 1}"), "unhashable type: 'list'"),
+        (npy_with_header(b"[" * 3000), "('EOF in multi-line statement', (2, 0))"),
+        (npy_with_header(b"{'descr': '<f4'"), "('EOF in multi-line statement', (2, 0))"),
     ],
-    ids=["empty", "cut-magic", "binary", "garbage", "version-9"],
+    ids=["empty", "cut-magic", "binary", "garbage", "version-9", "key-a-list", "deep", "unclosed"],
 )
 def test_bad_data_files(tmp_path, content, reason):
     (tmp_path / "d.npy").write_bytes(content)

@@ -250,7 +250,8 @@ class DataFile:
                 else np.lib.format.read_array_header_2_0
             )
             shape, fortran_order, dtype = read(f)  # numpy's own 10,000-byte limit never binds
-        except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        except Exception as exc:  # noqa: BLE001 (numpy's parser on any bytes: ValueError,
+            # SyntaxError, TypeError for `{[]: 1}`, tokenize.TokenError for `[[[`, EOFError...)
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise DataError(f"{self.path}: not a valid data file ({reason})") from None
         if dtype != np.float32:  # a byte-swapped float32 too: numpy's dtypes compare the order
@@ -300,6 +301,8 @@ class DataFile:
         """Rows [start, stop) as a new (rows, features + 1) float32 array."""
         stop = self.rows if stop is None else min(stop, self.rows)
         out = np.empty((max(stop - start, 0), self.columns), dtype=np.float32)
+        if out.size == 0:  # an empty range: nothing to read (and a 0-byte view cannot be cast)
+            return out
         with open_input(self.path) as f:
             f.seek(self._offset + start * self.columns * 4)
             if f.readinto(memoryview(out).cast("B")) != out.nbytes:
