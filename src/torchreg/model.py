@@ -111,10 +111,10 @@ def write_sealed(path: str | Path, tensors: Mapping[str, torch.Tensor], header: 
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
             raise DataError(f"cannot write {path}: {name} holds a NaN or infinite value")
-    # The digest covers the file as written without it; the tensors' offsets do not move
-    # when it is added, since they count from the end of the JSON header.
-    unsealed = safetensors.torch.save(tensors, metadata=_metadata(header))
-    table, payload = _split(unsealed)
+    # The digest covers the tensor table and bytes as safetensors lays them out; the metadata
+    # does not move them (the offsets count from the end of the JSON header), and `_digest`
+    # leaves it out, so a file saved without it gives the same table and payload.
+    table, payload = _split(safetensors.torch.save(tensors))
     sealed = {**header, DIGEST_KEY: _digest(table, header, payload)}
     write_bytes(path, safetensors.torch.save(tensors, metadata=_metadata(sealed)))
 
@@ -129,17 +129,14 @@ def _check_size(f: BinaryIO, size: int, path: Path, what: str) -> None:
     """Refuse a file whose length is not the one its header describes, reading only the
     header: a huge file is never read whole to find out it is not what it claims."""
     try:
-        length = int.from_bytes(f.read(8), "little")
-        if size < 8 or length > min(MAX_HEADER_BYTES, size - 8):
-            raise ValueError(f"a header of {length:,} bytes in a file of {size:,}")
+        length = _header_length(f.read(8), size)
         table = json.loads(f.read(length))
         ends = [v["data_offsets"][1] for k, v in table.items() if k != "__metadata__"]
         described = 8 + length + max(ends, default=0)
     except RecursionError:
         raise DataError(f"{path}: not a valid {what} (its header is nested too deeply)") from None
     except Exception as exc:  # json, and a table of the wrong shape, raise many types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: not a valid {what} ({reason[:200]})") from None
+        raise DataError(f"{path}: not a valid {what} ({_reason(exc)})") from None
     if described != size:
         raise DataError(
             f"{path}: not a valid {what} (its header describes {described:,} bytes, the file "
@@ -151,10 +148,23 @@ def _check_size(f: BinaryIO, size: int, path: Path, what: str) -> None:
 def _split(data: bytes) -> tuple[dict, memoryview]:
     """A safetensors file's JSON header (less the size check the caller does) and its tensors'
     bytes."""
-    size = int.from_bytes(data[:8], "little")
-    if len(data) < 8 or size > min(MAX_HEADER_BYTES, len(data) - 8):
-        raise ValueError(f"a header of {size:,} bytes in a file of {len(data):,}")
+    size = _header_length(data[:8], len(data))
     return json.loads(data[8 : 8 + size]), memoryview(data)[8 + size :]
+
+
+def _header_length(first: bytes, size: int) -> int:
+    """The JSON header's length that a safetensors file of `size` bytes gives in its `first` 8
+    bytes, or ValueError if no such header fits in the file (a file under 8 bytes included)."""
+    length = int.from_bytes(first, "little")
+    if length > min(MAX_HEADER_BYTES, size - 8):
+        raise ValueError(f"a header of {length:,} bytes in a file of {size:,}")
+    return length
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of an error's message, at most 200 characters; its type if it has none."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def _digest(table: dict, header: dict, payload: memoryview) -> str:
@@ -212,8 +222,7 @@ def read_sealed(
     except RecursionError:
         raise DataError(f"{path}: not a valid {what} (its header is nested too deeply)") from None
     except Exception as exc:  # safetensors, json and the checks above raise many types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: not a valid {what} ({reason[:200]})") from None
+        raise DataError(f"{path}: not a valid {what} ({_reason(exc)})") from None
     for name, tensor in state.items():
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
             raise DataError(f"{path}: {name} holds a NaN or infinite value{rebuild}")
@@ -253,8 +262,7 @@ def load_model(
     except (ConfigError, DataError):
         raise
     except Exception as exc:  # pydantic and a header of the wrong types raise many types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: not a valid model file ({reason[:200]})") from None
+        raise DataError(f"{path}: not a valid model file ({_reason(exc)})") from None
     model = build_model(cfg, n_features, 0.0, torch.Generator())
     model.load_state_dict(state, strict=True)
     model.eval()
