@@ -25,7 +25,7 @@ import numpy as np
 
 from torchreg import fixedmath
 from torchreg.config import DataConfig
-from torchreg.errors import DataError
+from torchreg.errors import DataError, rebuild_advice
 from torchreg.files import atomic_path, open_input, remove_stale_temps
 
 GENERATE_HINT = "run the generate stage first (dvc repro generate)"
@@ -202,7 +202,7 @@ class DataFile:
         generate stage writes) is read once through to check it; a plain .npy of the user's
         own is checked for its type and shape only."""
         self.path = Path(path)
-        self._rebuild = f"rebuild it ({missing_hint.split('(', 1)[-1]}" if missing_hint else ""
+        self._rebuild = rebuild_advice(missing_hint)
         try:
             with open_input(self.path) as f:
                 described, note = self._read_header(f)

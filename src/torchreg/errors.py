@@ -44,3 +44,11 @@ def shown(value: object, limit: int = MAX_SHOWN) -> str:
 def clip(text: str, limit: int) -> str:
     """`text` cut to at most `limit` characters, marked with '...' when cut."""
     return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+def rebuild_advice(missing_hint: str | None) -> str:
+    """'rebuild it (dvc repro train)' from a missing file's hint that ends in the command that
+    makes the file, in parentheses; '' for no hint or a hint without one."""
+    if not missing_hint or "(" not in missing_hint:
+        return ""
+    return f"rebuild it ({missing_hint.split('(', 1)[1]}"

@@ -21,7 +21,7 @@ from torch import nn
 from torchreg.budget import check_memory, model_bytes
 from torchreg.config import ModelConfig
 from torchreg.data import CHUNK_ROWS
-from torchreg.errors import ConfigError, DataError
+from torchreg.errors import ConfigError, DataError, rebuild_advice
 from torchreg.files import open_input, write_bytes
 from torchreg.parallel import Linear
 
@@ -203,10 +203,15 @@ def read_sealed(
         raise DataError(f"{path} not found{advice}") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    rebuild = f": rebuild it ({missing_hint.split('(', 1)[-1]}" if missing_hint else ""
+    rebuild = f": {advice}" if (advice := rebuild_advice(missing_hint)) else ""
     try:
         table, payload = _split(data)
-        header = json.loads((table.get("__metadata__") or {})[METADATA_KEY])
+        metadata = (table.get("__metadata__") or {}).get(METADATA_KEY)
+        if metadata is None:
+            raise DataError(
+                f"{path}: not a {what} written by this pipeline (no {METADATA_KEY!r} metadata)"
+            )
+        header = json.loads(metadata)
         if not isinstance(header, dict) or not isinstance(header.get(DIGEST_KEY), str):
             raise DataError(
                 f"{path}: not a {what} written by this version (no content digest){rebuild}"
@@ -251,8 +256,9 @@ def load_model(
         dtypes = {str(t.dtype).removeprefix("torch.") for t in state.values()}
         if shapes != expected or dtypes != {"float32"}:
             raise DataError(
-                f"{path}: model file is inconsistent (tensors {_short(shapes)} of "
-                f"{', '.join(sorted(dtypes))}, the config needs {_short(expected)} of float32)"
+                f"{path}: model file is inconsistent (tensors {_short(shapes)}"
+                f"{' of ' + ', '.join(sorted(dtypes)) if dtypes else ''}, the config needs "
+                f"{_short(expected)} of float32)"
             )
         check_memory(
             2 * model_bytes(cfg, n_features, CHUNK_ROWS),
@@ -272,7 +278,7 @@ def load_model(
 def _shapes(cfg: ModelConfig, n_features: object) -> dict[str, tuple[int, ...]]:
     """The tensor shapes a model of this config has, without building it."""
     if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
-        raise DataError(f"n_features = {str(n_features)[:40]} is not a positive integer")
+        raise ValueError(f"n_features = {str(n_features)[:40]} is not a positive integer")
     if cfg.kind == "linear":
         return {"b": (), "w": (n_features,)}
     widths = (n_features, *cfg.hidden, 1)
@@ -284,5 +290,5 @@ def _shapes(cfg: ModelConfig, n_features: object) -> dict[str, tuple[int, ...]]:
 
 
 def _short(shapes: dict[str, tuple[int, ...]]) -> str:
-    text = ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items()))
+    text = ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())) or "none"
     return text if len(text) <= 200 else text[:200] + "..."
