@@ -389,18 +389,33 @@ def test_a_window_is_a_whole_number_of_batches(columns, batch_size, expected):
     assert Windows.rows_per_window(columns, batch_size) == expected
 
 
-def test_each_window_reads_its_own_rows(params, monkeypatch):
-    """300 rows in windows of 64: the last one short, each read from its own offset, none kept
-    (only data that fits one window is kept on the device)."""
+@pytest.mark.parametrize("n", [300, 128], ids=["5-windows", "2-windows"])
+def test_each_window_reads_its_own_rows(params, monkeypatch, n):
+    """Windows of 64 rows: the last one maybe short, each read from its own offset, none kept
+    (only data that fits one window is kept on the device), each yielded once an epoch."""
     import torchreg.training as training
 
     monkeypatch.setattr(training, "WINDOW_BYTES", 64 * 5 * 4)
-    rows = train_rows(params, 300)
+    rows = train_rows(params, n)
     windows = training.Windows(training.as_rows(rows), 16, torch.device("cpu"))
-    assert (windows.size, windows.n_windows) == (64, 5)
-    for index in (4, 0, 2, 2):
+    count = -(-n // 64)
+    assert (windows.size, windows.n_windows) == (64, count)
+    for index in (count - 1, 0, count - 1, 0):
         assert torch.equal(windows.get(index), rows[64 * index : 64 * (index + 1)])
     assert windows._kept is None
     order = [w[0].clone() for w in windows.shuffled(seeded(0, "shuffle"))]
     starts = sorted(int((rows[:, 0] == first[0]).nonzero()[0]) for first in order)
-    assert starts == [0, 64, 128, 192, 256]
+    assert starts == list(range(0, n, 64))
+
+
+def test_data_in_one_window_is_read_once(params):
+    import torchreg.training as training
+
+    source = training.as_rows(train_rows(params, 100))
+    reads = []
+    read = source.read
+    source.read = lambda *args: reads.append(args) or read(*args)
+    windows = training.Windows(source, 16, torch.device("cpu"))
+    for _ in range(3):
+        assert [len(w) for w in windows.shuffled(seeded(0, "shuffle"))] == [100]
+    assert reads == [(0, windows.size)]
