@@ -236,7 +236,7 @@ def test_a_fifo_nobody_reads_is_one_error_soon_after_the_wait(tmp_path, monkeypa
         f"cannot write {tmp_path / 'pipe'}: it is a FIFO (named pipe) and no process opened it "
         "for reading within 0.2 s; start the reader first"
     )
-    assert 0.2 <= time.monotonic() - start < 0.9
+    assert 0.2 <= time.monotonic() - start < 1  # polled: not a second late
 
 
 def test_a_fifo_whose_reader_comes_late_gets_the_bytes(tmp_path):
