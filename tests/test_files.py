@@ -337,7 +337,9 @@ def test_an_input_swapped_for_a_fifo_after_its_check_is_refused_without_blocking
     def swap_after(p, *args, **kwargs):
         result = real_stat(p, *args, **kwargs)
         if p == path and not swapped:
-            swapped.append(path.unlink() or os.mkfifo(path))
+            path.unlink()
+            os.mkfifo(path)
+            swapped.append(path)
         return result
 
     monkeypatch.setattr(os, "stat", swap_after)
