@@ -4,24 +4,79 @@ within bounds and refused when they hold what no stage writes."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
+import io
+import locale
 import os
+import signal
+import socket
+import stat
 import subprocess
 import sys
+import threading
+import time
+import tracemalloc
+from array import array
+from pathlib import Path
 
 import pytest
 
 from support import ROOT
+from torchreg import files
 from torchreg.errors import DataError, UserError
 from torchreg.files import (
     MAX_JSON_BYTES,
+    MAX_LINE_CHARS,
     TEMP_SUFFIX,
     atomic_path,
+    bounded_lines,
     check_writable,
+    describe_mode,
+    open_input,
     read_json,
     read_tsv,
     write_bytes,
+    write_json,
+    write_tsv,
 )
+
+
+@contextlib.contextmanager
+def within(seconds: float):
+    """Fail, not hang, where the block blocks (a FIFO opened the blocking way waits for ever)."""
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"blocked for over {seconds} s"))
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@contextlib.contextmanager
+def c_locale():
+    """A locale whose default encoding is ASCII: what the files hold must not depend on it."""
+    old = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, old)
+
+
+def char_device(tmp_path: Path) -> Path:
+    """A null device to write to: a fresh one in tmp_path as root (so a bug replaces that one,
+    not the machine's /dev/null), else /dev/null itself (which a non-root user cannot replace)."""
+    if os.geteuid() != 0:
+        return Path("/dev/null")
+    os.mknod(tmp_path / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return tmp_path / "null"
+
+
+def message(excinfo: pytest.ExceptionInfo) -> str:
+    return str(excinfo.value)
 
 
 def test_a_temporary_file_is_hidden_ours_and_ignored_by_git_and_dvc(tmp_path):
@@ -72,6 +127,8 @@ def test_an_output_under_a_regular_file_names_the_file(tmp_path):
         check_writable(tmp_path / "in.csv/out.csv")
     with pytest.raises(UserError, match="in.csv is a file, not a folder"):
         write_bytes(tmp_path / "in.csv/deeper/out.csv", b"")
+    with pytest.raises(UserError, match="in.csv is a file, not a folder"):
+        check_writable("/dev/null", tmp_path / "in.csv/deeper/out.csv")  # a stream first
     assert (tmp_path / "in.csv").read_text() == "rows"
 
 
@@ -87,6 +144,235 @@ def test_the_check_leaves_no_file_and_no_folder_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_sweep_leaves_what_is_not_a_temporary_file_alone(tmp_path, monkeypatch):
+    """A FIFO, a socket or a broken link named like a leftover is no writer's: it stays, and
+    the sweep neither blocks on the FIFO nor stops."""
+    monkeypatch.chdir(tmp_path)  # a socket's path must fit in 108 bytes: bind a relative one
+    os.mkfifo(f".a.fifo{TEMP_SUFFIX}")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(f".a.sock{TEMP_SUFFIX}")
+    Path(f".a.link{TEMP_SUFFIX}").symlink_to("gone")
+    with server, within(2):
+        write_bytes(tmp_path / "out.bin", b"data")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f".a.fifo{TEMP_SUFFIX}", f".a.link{TEMP_SUFFIX}", f".a.sock{TEMP_SUFFIX}",
+                     "out.bin"]  # fmt: skip
+
+
+def test_a_leftover_another_writer_sweeps_first_is_no_error(tmp_path, monkeypatch):
+    """Two stages sweep one folder at once: the one that finds the leftover gone carries on."""
+    (tmp_path / f".a.bin.d3ad{TEMP_SUFFIX}").write_bytes(b"half")
+    unlocked = files._unlocked
+
+    def swept_meanwhile(temp: Path) -> bool:
+        free = unlocked(temp)
+        temp.unlink()
+        return free
+
+    monkeypatch.setattr(files, "_unlocked", swept_meanwhile)
+    write_bytes(tmp_path / "b.bin", b"data")
+    assert [p.name for p in tmp_path.iterdir()] == ["b.bin"]
+
+
+def test_a_broken_link_where_a_folder_goes_is_one_error(tmp_path):
+    (tmp_path / "models").symlink_to(tmp_path / "gone")
+    for write in (check_writable, lambda path: write_bytes(path, b"")):
+        with pytest.raises(UserError) as e:
+            write(tmp_path / "models/m.bin")
+        assert message(e) == f"cannot write {tmp_path / 'models/m.bin'}: File exists"
+
+
+def test_an_output_name_too_long_for_its_temporary_file_is_refused_up_front(tmp_path):
+    """`.<name>.<8 random>.torchreg.tmp` is 23 characters longer than the name: a name of 240
+    fits (255 at most), its temporary file does not, and the check finds that out first."""
+    path = tmp_path / ("x" * 240)
+    for write in (check_writable, lambda path: write_bytes(path, b"data")):
+        with pytest.raises(UserError) as e:
+            write(path)
+        assert message(e) == f"cannot write {path}: {os.strerror(errno.ENAMETOOLONG)}"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="no sysfs here")
+def test_a_folder_that_takes_no_file_is_found_before_the_work():
+    """sysfs takes no new file, from root either: the check writes in the output's folder."""
+    with pytest.raises(UserError, match=r"^cannot write /sys/torchreg\.bin: \w"):
+        check_writable("/sys/torchreg.bin")
+
+
+def test_a_descriptors_name_is_written_through(tmp_path):
+    """/dev/fd/N (bash's `>(cmd)`, or a file the shell opened) is written into, as `>` does."""
+    with (tmp_path / "out.txt").open("wb") as f:
+        write_bytes(f"/dev/fd/{f.fileno()}", b"through the descriptor")
+    assert (tmp_path / "out.txt").read_bytes() == b"through the descriptor"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_character_device_is_written_into_not_replaced(tmp_path):
+    null = char_device(tmp_path)
+    write_bytes(null, b"discarded")
+    assert stat.S_ISCHR(null.stat().st_mode)
+
+
+def test_a_symlink_loop_is_one_line(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    why = os.strerror(errno.ELOOP)
+    with pytest.raises(UserError) as e:
+        write_bytes(loop, b"")
+    assert message(e) == f"cannot write {loop}: {why}"
+    with pytest.raises(DataError) as e:
+        open_input(loop)
+    assert message(e) == f"{loop}: cannot be read ({why})"
+
+
+def test_a_fifo_nobody_reads_is_one_error_soon_after_the_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "FIFO_READER_WAIT_S", 0.2)
+    os.mkfifo(tmp_path / "pipe")
+    start = time.monotonic()
+    with within(2), pytest.raises(UserError) as e:
+        write_bytes(tmp_path / "pipe", b"lost")
+    assert message(e) == (
+        f"cannot write {tmp_path / 'pipe'}: it is a FIFO (named pipe) and no process opened it "
+        "for reading within 0.2 s; start the reader first"
+    )
+    assert 0.2 <= time.monotonic() - start < 1  # polled: not a second late
+
+
+def test_a_fifo_whose_reader_comes_late_gets_the_bytes(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+
+    def late_reader():
+        time.sleep(0.2)
+        received.append(fifo.read_bytes())
+
+    reader = threading.Thread(target=late_reader, daemon=True)
+    reader.start()
+    with within(5):
+        write_bytes(fifo, b"late but read")
+    reader.join(5)
+    assert received == [b"late but read"]
+
+
+def test_a_fifo_that_cannot_be_opened_says_why(tmp_path, monkeypatch):
+    """As a FIFO another user owns refuses us (root is refused nothing: the refusal is made)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    real_open = os.open
+
+    def refuse(path, flags, *args, **kwargs):
+        if path == fifo and flags & os.O_WRONLY:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with within(2), pytest.raises(UserError) as e:
+        write_bytes(fifo, b"refused")
+    assert message(e) == f"cannot write {fifo}: {os.strerror(errno.EACCES)}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_a_device_without_a_driver_is_one_error_at_once(tmp_path):
+    """Its open fails with ENXIO, as a FIFO's with no reader does: it was waited for, 10 s, then
+    called a FIFO."""
+    dev = tmp_path / "nodev"
+    os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(240, 0))  # 240: local use, no driver
+    try:
+        os.close(os.open(dev, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.skip("a driver answers for device 240,0 here")
+    except OSError as exc:
+        why = exc.strerror
+    with within(2), pytest.raises(UserError) as e:
+        write_bytes(dev, b"nowhere")
+    assert message(e) == f"cannot write {dev}: {why}"
+    assert stat.S_ISCHR(dev.stat().st_mode)
+
+
+def not_regular(kind: str, folder: Path) -> Path:
+    """A `kind` of file that is not a regular file, in `folder` (the current directory)."""
+    if kind == "character device":
+        return Path("/dev/null")  # only read, never written
+    path = folder / kind.split()[0]
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "FIFO (named pipe)":
+        os.mkfifo(path)
+    else:
+        socket.socket(socket.AF_UNIX).bind(path.name)  # relative: a socket's path is short
+    return path
+
+
+@pytest.mark.parametrize("kind", ["directory", "FIFO (named pipe)", "socket", "character device"])
+def test_an_input_that_is_not_a_regular_file_says_what_it_is(tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    path = not_regular(kind, tmp_path)
+    with pytest.raises(DataError) as e:
+        open_input(path)
+    assert message(e) == f"{path}: is a {kind}, not a regular file"
+
+
+@pytest.mark.parametrize("kind", ["directory", "socket"])
+def test_an_output_that_is_not_a_regular_file_says_what_it_is(tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    path = not_regular(kind, tmp_path)
+    with pytest.raises(UserError) as e:
+        write_bytes(path, b"data")
+    assert message(e) == f"cannot write {path}: is a {kind}, not a regular file"
+
+
+def test_a_block_device_and_any_other_kind_are_named():
+    assert describe_mode(stat.S_IFBLK | 0o660) == "is a block device"
+    assert describe_mode(stat.S_IFLNK | 0o777) == "is not a regular file"  # as lstat sees a link
+
+
+def test_an_input_swapped_for_a_fifo_after_its_check_is_refused_without_blocking(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "t.tsv"
+    path.write_text("a\n1\n")
+    real_stat, swapped = os.stat, []
+
+    def swap_after(p, *args, **kwargs):
+        result = real_stat(p, *args, **kwargs)
+        if p == path and not swapped:
+            path.unlink()
+            os.mkfifo(path)
+            swapped.append(path)
+        return result
+
+    monkeypatch.setattr(os, "stat", swap_after)
+    with within(2), pytest.raises(DataError) as e:
+        open_input(path)
+    assert message(e) == f"{path}: is a FIFO (named pipe), not a regular file"
+
+
+def test_an_input_is_read_the_blocking_way(tmp_path):
+    """O_NONBLOCK only guards the open: the file handed over reads as any other."""
+    (tmp_path / "t.bin").write_bytes(b"data")
+    with open_input(tmp_path / "t.bin") as f:
+        assert os.get_blocking(f.fileno()) and f.read() == b"data"
+
+
+def test_json_is_written_indented_with_a_final_newline(tmp_path):
+    write_json(tmp_path / "m.json", {"test": {"mae": 0.5}, "w": [1, 2]})
+    assert (tmp_path / "m.json").read_bytes() == (
+        b'{\n  "test": {\n    "mae": 0.5\n  },\n  "w": [\n    1,\n    2\n  ]\n}\n'
+    )
+
+
+def test_a_table_is_written_in_utf8_floats_to_7_decimals_whatever_the_locale(tmp_path):
+    with c_locale():
+        write_tsv(
+            tmp_path / "t.tsv", ["step", "x", "größe"], [[0, 0.1 + 0.2, 1 / 3], [1, -2.5, 1e-9]]
+        )
+        columns = read_tsv(tmp_path / "t.tsv", "evaluate")
+    expected = "step\tx\tgröße\n0\t0.3\t0.3333333\n1\t-2.5\t0.0\n"
+    assert (tmp_path / "t.tsv").read_bytes() == expected.encode("utf-8")
+    assert list(columns) == ["step", "x", "größe"]
+
+
 # --- tables and JSON: bounded, finite, or one line -----------------------------------------
 
 
@@ -96,11 +382,111 @@ def test_a_table_without_line_breaks_is_refused_unread(tmp_path):
         read_tsv(tmp_path / "t.tsv", "evaluate")
 
 
-@pytest.mark.parametrize("cell", ["nan", "inf", "-Infinity", "x"])
-def test_a_table_cell_that_is_not_a_finite_number_is_refused(tmp_path, cell):
+@pytest.mark.parametrize(
+    "cell,why",
+    [
+        ("nan", "nan where a finite number belongs"),
+        ("inf", "inf where a finite number belongs"),
+        ("-Infinity", "-inf where a finite number belongs"),
+        ("x", "could not convert string to float: 'x'"),
+    ],
+)
+def test_a_table_cell_that_is_not_a_finite_number_is_refused(tmp_path, cell, why):
     (tmp_path / "t.tsv").write_text(f"step\ttrain_loss\n0\t1.5\n1\t{cell}\n")
-    with pytest.raises(DataError, match="t.tsv: not a table of finite numbers"):
+    with pytest.raises(DataError) as e:
         read_tsv(tmp_path / "t.tsv", "train")
+    assert message(e) == f"{tmp_path / 't.tsv'}: not a table of finite numbers ({why})"
+
+
+def test_a_table_reads_into_float64_columns_by_name(tmp_path):
+    (tmp_path / "t.tsv").write_text("step\ttrain_loss\n0\t1.5\n1\t-2e-3\n")
+    columns = read_tsv(tmp_path / "t.tsv", "train", ["train_loss"])
+    assert columns == {"step": array("d", [0, 1]), "train_loss": array("d", [1.5, -0.002])}
+
+
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        (b"", "has no rows"),
+        (b"step\tloss\n", "has no rows"),
+        (b"step\tloss\n0\t1.5\n1\n", "row 3 has 1 cells, the header 2: rerun the train stage"),
+        (b"step\tstep\n0\t1\n", "its header names a column twice: rerun the train stage"),
+        (b"step\tloss\n0\t1\n", "has no column lr, epoch (has step, loss): rerun the train stage"),
+        (b"\xff\n", "cannot be read: 'utf-8' codec can't decode byte 0xff in position 0: "
+                     "invalid start byte"),
+    ],
+    ids=["empty", "header only", "short row", "twice", "missing", "not utf-8"],
+)  # fmt: skip
+def test_a_table_no_stage_writes_is_one_line(tmp_path, text, problem):
+    (tmp_path / "t.tsv").write_bytes(text)
+    with pytest.raises(DataError) as e:
+        read_tsv(tmp_path / "t.tsv", "train", ["step", "lr", "epoch"])
+    rerun = " (dvc repro train)" if "rerun" in problem else ""
+    assert message(e) == f"{tmp_path / 't.tsv'}: {problem}{rerun}"
+
+
+def test_a_missing_input_says_which_stage_makes_it(tmp_path):
+    for read in (read_tsv, read_json):
+        with pytest.raises(DataError) as e:
+            read(tmp_path / "t.tsv", "train")
+        assert (
+            message(e)
+            == f"{tmp_path / 't.tsv'} not found: run the train stage first (dvc repro train)"
+        )
+
+
+def test_a_missing_column_message_shows_200_characters_of_the_header(tmp_path):
+    names = [f"column{i:03}" for i in range(40)]  # 11 characters each with ", "
+    (tmp_path / "t.tsv").write_text("\t".join(names) + "\n" + "\t".join(["1"] * 40) + "\n")
+    with pytest.raises(DataError) as e:
+        read_tsv(tmp_path / "t.tsv", "train", ["step"])
+    has = ", ".join(names[:18]) + ", co"
+    assert message(e) == (
+        f"{tmp_path / 't.tsv'}: has no column step (has {has}): rerun the train stage "
+        "(dvc repro train)"
+    )
+
+
+def test_a_table_is_utf8_whatever_the_locale(tmp_path):
+    (tmp_path / "t.tsv").write_bytes("größe\n1\n".encode())
+    with c_locale():
+        assert list(read_tsv(tmp_path / "t.tsv", "train")) == ["größe"]
+
+
+def test_a_crlf_counts_two_characters_against_the_line_limit(tmp_path):
+    (tmp_path / "t.tsv").write_bytes(b"a" * (MAX_LINE_CHARS - 1) + b"\r\n1\r\n")
+    with pytest.raises(DataError) as e:
+        read_tsv(tmp_path / "t.tsv", "train")
+    assert message(e) == (
+        f"{tmp_path / 't.tsv'}: line 1 is longer than 1,048,576 characters: not a text table "
+        "(a binary file, or no line breaks?)"
+    )
+
+
+def test_a_table_holds_at_most_max_table_cells_lines_times_columns(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "MAX_TABLE_CELLS", 12)
+    (tmp_path / "t.tsv").write_text("a\tb\tc\n" + "1\t2\t3\n" * 3)  # 4 lines of 3: 12
+    assert len(read_tsv(tmp_path / "t.tsv", "evaluate")["a"]) == 3
+    (tmp_path / "t.tsv").write_text("a\tb\tc\n" + "1\t2\t3\n" * 4)
+    with pytest.raises(DataError) as e:
+        read_tsv(tmp_path / "t.tsv", "evaluate")
+    assert message(e) == (
+        f"{tmp_path / 't.tsv'}: has over 3 rows of 3 columns, more than the evaluate stage "
+        "writes: rerun it (dvc repro evaluate)"
+    )
+
+
+def test_a_long_line_is_refused_by_number_having_read_one_character_past_the_limit():
+    f = io.StringIO("abc\n" + "defg\n" + "x" * 10 + "\n")
+    lines = bounded_lines(f, "t.tsv", limit=5)
+    assert [next(lines), next(lines)] == ["abc\n", "defg\n"]  # 5 with its line break: kept
+    with pytest.raises(DataError) as e:
+        next(lines)
+    assert message(e) == (
+        "t.tsv: line 3 is longer than 5 characters: not a text table (a binary file, or no line "
+        "breaks?)"
+    )
+    assert f.read() == "xxxx\n"
 
 
 def test_a_table_longer_than_its_stage_writes_is_refused(tmp_path):
@@ -134,9 +520,24 @@ def test_json_that_no_stage_writes_is_one_line(tmp_path, text, message):
 
 def test_a_huge_json_is_refused_unread(tmp_path):
     with (tmp_path / "m.json").open("wb") as f:
-        f.truncate(MAX_JSON_BYTES + 1)
-    with pytest.raises(DataError, match="over 16 MiB"):
-        read_json(tmp_path / "m.json", "evaluate")
+        f.truncate(4 * MAX_JSON_BYTES)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as e:
+            read_json(tmp_path / "m.json", "evaluate")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert message(e) == (
+        f"{tmp_path / 'm.json'}: over 16 MiB, far more than the evaluate stage writes: rerun it "
+        "(dvc repro evaluate)"
+    )
+    assert peak < 2 * MAX_JSON_BYTES
+
+
+def test_a_json_of_16_mib_is_read(tmp_path):
+    (tmp_path / "m.json").write_bytes(b"{}" + b" " * (MAX_JSON_BYTES - 2))
+    assert read_json(tmp_path / "m.json", "evaluate") == {}
 
 
 # --- Ctrl-C while a stage is still importing -----------------------------------------------

@@ -99,7 +99,8 @@ def remove_stale_temps(path: str | Path) -> None:
 def _unlocked(temp: Path) -> bool:
     """Whether no process holds `temp`'s lock (its writer is gone)."""
     try:
-        fd = os.open(temp, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        # os.open gives a close-on-exec descriptor already (PEP 446): no O_CLOEXEC needed.
+        fd = os.open(temp, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False  # gone already, or not ours to judge
     try:
@@ -182,17 +183,17 @@ def _writes_directly(path: Path) -> bool:
 def _wait_for_reader(path: Path) -> int | None:
     """For a FIFO: wait up to FIFO_READER_WAIT_S for a process to read it, so that a pipe
     nobody reads is one clear error, not a stage blocked for ever in open(). Returns a write
-    descriptor held until the writing is done (None for anything but a FIFO)."""
+    descriptor held until the writing is done, or None where a device refuses one (the
+    caller's own open then decides)."""
     deadline = time.monotonic() + FIFO_READER_WAIT_S
+    fifo = stat.S_ISFIFO(_mode(path))
     while True:
         try:
-            return os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as exc:
+            if not fifo:  # a device that refuses O_NONBLOCK, or has no driver (ENXIO too)
+                return None
             if exc.errno != errno.ENXIO:  # ENXIO: a FIFO with no reader yet
-                if exc.errno in (errno.ENOENT, errno.ENODEV, errno.EISDIR):
-                    return None
-                if not stat.S_ISFIFO(_mode(path)):
-                    return None  # a device that refuses O_NONBLOCK: the caller's open decides
                 raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
         if time.monotonic() > deadline:
             raise UserError(
@@ -232,7 +233,7 @@ def open_input(path: str | Path) -> BinaryIO:
     path = Path(path)
     try:
         _require_regular(path, os.stat(path).st_mode)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except (FileNotFoundError, DataError):
         raise
     except OSError as exc:
@@ -323,6 +324,11 @@ def read_tsv(
             if header is None:
                 raise DataError(f"{path}: has no rows")
             columns = {name: array("d") for name in header}
+            if len(columns) < len(header):
+                raise DataError(
+                    f"{path}: its header names a column twice: "
+                    f"rerun the {stage} stage (dvc repro {stage})"
+                )
             for number, row in enumerate(rows, start=2):
                 if number > max_rows or number * len(header) > MAX_TABLE_CELLS:
                     raise DataError(
