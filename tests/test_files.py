@@ -152,7 +152,7 @@ def test_a_sweep_leaves_what_is_not_a_temporary_file_alone(tmp_path, monkeypatch
     server = socket.socket(socket.AF_UNIX)
     server.bind(f".a.sock{TEMP_SUFFIX}")
     Path(f".a.link{TEMP_SUFFIX}").symlink_to("gone")
-    with server, within(2):
+    with server, within(5):
         write_bytes(tmp_path / "out.bin", b"data")
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [f".a.fifo{TEMP_SUFFIX}", f".a.link{TEMP_SUFFIX}", f".a.sock{TEMP_SUFFIX}",
@@ -229,14 +229,18 @@ def test_a_symlink_loop_is_one_line(tmp_path):
 def test_a_fifo_nobody_reads_is_one_error_soon_after_the_wait(tmp_path, monkeypatch):
     monkeypatch.setattr(files, "FIFO_READER_WAIT_S", 0.2)
     os.mkfifo(tmp_path / "pipe")
+    naps = []
+    sleep = time.sleep
+    monkeypatch.setattr(files.time, "sleep", lambda s: naps.append(s) or sleep(s))
     start = time.monotonic()
-    with within(2), pytest.raises(UserError) as e:
+    with within(5), pytest.raises(UserError) as e:
         write_bytes(tmp_path / "pipe", b"lost")
     assert message(e) == (
         f"cannot write {tmp_path / 'pipe'}: it is a FIFO (named pipe) and no process opened it "
         "for reading within 0.2 s; start the reader first"
     )
-    assert 0.2 <= time.monotonic() - start < 1  # polled: not a second late
+    assert time.monotonic() - start >= 0.2
+    assert naps and max(naps) <= 0.05  # polled often: a reader that comes is seen at once
 
 
 def test_a_fifo_whose_reader_comes_late_gets_the_bytes(tmp_path):
@@ -268,7 +272,7 @@ def test_a_fifo_that_cannot_be_opened_says_why(tmp_path, monkeypatch):
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", refuse)
-    with within(2), pytest.raises(UserError) as e:
+    with within(5), pytest.raises(UserError) as e:
         write_bytes(fifo, b"refused")
     assert message(e) == f"cannot write {fifo}: {os.strerror(errno.EACCES)}"
 
@@ -284,7 +288,7 @@ def test_a_device_without_a_driver_is_one_error_at_once(tmp_path):
         pytest.skip("a driver answers for device 240,0 here")
     except OSError as exc:
         why = exc.strerror
-    with within(2), pytest.raises(UserError) as e:
+    with within(5), pytest.raises(UserError) as e:
         write_bytes(dev, b"nowhere")
     assert message(e) == f"cannot write {dev}: {why}"
     assert stat.S_ISCHR(dev.stat().st_mode)
@@ -343,7 +347,7 @@ def test_an_input_swapped_for_a_fifo_after_its_check_is_refused_without_blocking
         return result
 
     monkeypatch.setattr(os, "stat", swap_after)
-    with within(2), pytest.raises(DataError) as e:
+    with within(5), pytest.raises(DataError) as e:
         open_input(path)
     assert message(e) == f"{path}: is a FIFO (named pipe), not a regular file"
 
