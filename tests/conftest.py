@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 from support import ROOT, run, set_params
 from torchreg.config import Params, parse_params, read_params_file
+
+
+def pytest_configure(config):
+    """Ctrl-C as from a terminal. A shell script that starts the tests in the background (`cmd &`,
+    nohup) leaves SIGINT ignored, and every stage a test starts would inherit that: the tests of
+    what Ctrl-C does would wait in vain. A handler, unlike an ignored signal, is not inherited."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_make_parametrize_id(config, val, argname):
