@@ -419,3 +419,56 @@ def test_data_in_one_window_is_read_once(params):
     for _ in range(3):
         assert [len(w) for w in windows.shuffled(seeded(0, "shuffle"))] == [100]
     assert reads == [(0, windows.size)]
+
+
+class Recorder:
+    """Checkpoints always due, recording what each save was given."""
+
+    def __init__(self):
+        self.saved = []
+
+    def due(self):
+        return True
+
+    def save(self, state, epoch):
+        self.saved.append((epoch, state["history"].tolist()))
+
+
+def test_each_epoch_ends_at_a_kill_point_and_all_but_the_last_save(params, monkeypatch):
+    """The slow resume tests kill a run at ("epoch", n) after epoch n (1-based); a checkpoint
+    holds the epochs so far, and none is written after the last epoch (nothing to resume)."""
+    import torchreg.training as training
+
+    kills = []
+    monkeypatch.setattr(training, "kill_point", lambda *where: kills.append(where))
+    cfg = params.train.model_copy(update={"epochs": 4, "lr": 0.01})
+    model = build_model(params.model, 4, cfg.init_std, seeded(0, "init"))
+    checkpoints = Recorder()
+    history = fit(model, train_rows(params, 50), cfg, seeded(0, "shuffle"), checkpoints=checkpoints)
+    assert kills == [("epoch", 1), ("epoch", 2), ("epoch", 3), ("epoch", 4)]
+    assert checkpoints.saved == [(e, history[:e]) for e in (1, 2, 3)]
+
+
+def test_adam_is_the_fused_one(params):
+    """Fused Adam's square root is the exact instruction; the per-op one's comes from MKL and
+    may give other bits on another CPU (README, "Same bytes on any CPU")."""
+    model = build_model(params.model, 4, 0.01, seeded(0, "init"))
+    step = AutogradStep(model, params.train.model_copy(update={"optimizer": "adam"}))
+    assert step.optimizer.defaults["fused"] is True
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
+def test_an_epoch_lr_resumed_from_its_state_goes_on_with_the_same_lrs(params, schedule):
+    from torchreg.training import EpochLr
+
+    cfg = params.train.model_copy(update={"epochs": 8, "lr": 0.5, "lr_schedule": schedule})
+    first = EpochLr(cfg)
+    for _ in range(3):
+        first.step()
+    resumed = EpochLr(cfg)
+    resumed.load_state_dict(first.state_dict())
+    lrs = []
+    for _ in range(5):
+        lrs.append(resumed.lr)
+        resumed.step()
+    assert lrs == epoch_lrs(cfg)[3:]

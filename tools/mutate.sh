@@ -15,7 +15,7 @@ root=$PWD
 # module -> its fast tests: pytest's arguments, separated by "|"
 declare -A tests=(
   [evaluation]="tests/test_evaluation.py"
-  [training]="tests/test_training.py"
+  [training]="tests/test_training.py|tests/test_checkpoint.py"
   [config]="tests/test_config.py|tests/test_bounded_messages.py"
   [model]="tests/test_model.py"
   [data]="tests/test_data.py|tests/test_disk.py"
