@@ -187,3 +187,24 @@ def test_remove_takes_leftovers_too(saved):
     leftover.write_bytes(b"half")
     Checkpoints(ckpt, params, path).remove()
     assert not ckpt.exists() and not leftover.exists()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {},
+        {"params": [1]},
+        {"params": {1: 2}},
+        {"params": "real", "data": "real", "code": "real"},  # no epoch, no state
+    ],
+    ids=["format-only", "params-a-list", "params-keyed-by-int", "no-state"],
+)
+def test_a_record_with_a_valid_digest_but_missing_parts_is_ignored(caplog, saved, record):
+    params, path, ckpt = saved
+    real = torch.load(io.BytesIO(ckpt.read_bytes()[32:]), weights_only=True)
+    record = {k: real[k] if v == "real" else v for k, v in record.items()}
+    buffer = io.BytesIO()
+    torch.save({"format": real["format"], **record}, buffer)
+    payload = buffer.getvalue()
+    ckpt.write_bytes(hashlib.sha256(payload).digest() + payload)
+    assert "its record is incomplete" in ignored(caplog, Checkpoints(ckpt, params, path))

@@ -504,6 +504,7 @@ def test_a_params_file_is_read_up_to_its_limit_and_no_further(tmp_path, monkeypa
 LONG = "a" * 200
 ONCE = "a key may appear only once (DVC refuses the file too)"
 TOO_DEEP_REST = "params are a few sections of scalars and lists"
+TAGGED = "not valid YAML: a value its tag cannot hold "
 
 
 @pytest.mark.parametrize(
@@ -519,6 +520,8 @@ TOO_DEEP_REST = "params are a few sections of scalars and lists"
         (f"data: !!float {LONG}\n", f"not valid YAML: could not convert string to float: {LONG!r}"),
         ("data: {}\ntrain: {}\ndata: {}\n", f"duplicate key 'data' at line 3: {ONCE}"),
         (f"{LONG}: 1\n{LONG}: 2\n", f"duplicate key {LONG!r} at line 2: {ONCE}"),
+        ("data: !!bool maybe\n", "not valid YAML: a value its tag cannot hold ('maybe')"),
+        ("data: !!int ''\n", TAGGED + "('string index out of range')"),
         ("deep: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply: " + TOO_DEEP_REST),
         (
             b"data: \xff\n",
@@ -533,6 +536,8 @@ TOO_DEEP_REST = "params are a few sections of scalars and lists"
         "long-float",
         "dup",
         "long-dup",
+        "bool-tag",
+        "int-tag",
         "deep",
         "utf-8",
     ],

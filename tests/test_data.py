@@ -144,6 +144,9 @@ def test_data_file_reads_row_ranges(tmp_path, params):
         assert DataFile(tmp_path / "d.npy").read(start, stop).shape == (0, whole.shape[1])
 
 
+HEADER = b"{'descr': '<f4', 'fortran_order': False, 'shape': (%s, 2), }"
+
+
 def npy_with_header(header: bytes) -> bytes:
     """A version 1.0 .npy file of this header text, padded as numpy pads it, and no data."""
     padded = header + b" " * (-(len(NPY_MAGIC) + 4 + len(header) + 1) % 64) + b"\n"
@@ -161,8 +164,17 @@ def npy_with_header(header: bytes) -> bytes:
         (npy_with_header(b"{[]: 1}"), "unhashable type: 'list'"),
         (npy_with_header(b"[" * 3000), "('EOF in multi-line statement', (2, 0))"),
         (npy_with_header(b"{'descr': '<f4'"), "('EOF in multi-line statement', (2, 0))"),
+        (
+            npy_with_header(HEADER % (b"0x" + b"f" * 3700)),  # past str()'s 4300 digits
+            "its shape <tuple too long to show> is not a size",
+        ),
+        (npy_with_header(HEADER % b"True"), "its shape (True, 2) is not a size"),
+        (npy_with_header(HEADER % b"1099511627777"), "its shape (1099511627777, 2) is not a size"),
     ],
-    ids=["empty", "cut-magic", "binary", "garbage", "version-9", "key-a-list", "deep", "unclosed"],
+    ids=[
+        *["empty", "cut-magic", "binary", "garbage", "version-9", "key-a-list", "deep", "unclosed"],
+        *["hex-rows", "bool-rows", "rows-past-2-40"],
+    ],
 )
 def test_bad_data_files(tmp_path, content, reason):
     (tmp_path / "d.npy").write_bytes(content)

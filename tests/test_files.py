@@ -601,3 +601,32 @@ def test_a_model_that_cannot_be_saved_leaves_no_dvclive_log(tmp_path, params, mo
             tmp_path / "models/model.safetensors", tmp_path / "dvclive",
         )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.npy"]
+
+
+# --- the environment variables a stage reads -----------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["bogus", "", "1e3"])
+def test_a_log_level_that_is_none_is_one_line(monkeypatch, capsys, value):
+    from torchreg.stage import run_main
+
+    monkeypatch.setenv("TORCHREG_LOG_LEVEL", value)
+    with pytest.raises(SystemExit) as exit_:
+        run_main("predict", lambda: None)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"predict: error: TORCHREG_LOG_LEVEL = {value.upper()!r} is not a log level "
+        "(allowed: DEBUG, INFO, WARNING, ERROR, CRITICAL)\n"
+    )
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf"])
+def test_a_peer_timeout_that_is_no_number_of_seconds_is_one_line(monkeypatch, value):
+    from torchreg.context import dist_timeout_s
+
+    monkeypatch.setenv("TORCHREG_DIST_TIMEOUT_S", value)
+    with pytest.raises(UserError) as e:
+        dist_timeout_s()
+    assert message(e) == (f"TORCHREG_DIST_TIMEOUT_S = {value!r} is not a number of seconds above 0")
+    monkeypatch.setenv("TORCHREG_DIST_TIMEOUT_S", "2.5")
+    assert dist_timeout_s() == 2.5

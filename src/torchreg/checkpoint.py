@@ -145,6 +145,12 @@ class Checkpoints:
             return self._ignore(f"it is not a checkpoint file ({type(exc).__name__})")
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             return self._ignore("it was written by another version of the checkpoint format")
+        if not (
+            isinstance(record.get("params"), dict)
+            and all(isinstance(k, str) for k in record["params"])
+            and {"data", "code", "epoch", "state"} <= record.keys()
+        ):
+            return self._ignore("it is not a checkpoint file (its record is incomplete)")
         changed = [
             k
             for k in sorted({*self.params, *record["params"]})

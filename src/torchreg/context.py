@@ -11,6 +11,7 @@ import ctypes
 import datetime
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -25,9 +26,22 @@ import torch.distributed as dist
 from torchreg.errors import ConfigError, UserError
 from torchreg.stage import LAUNCHER_ENV
 
-# How long a rank waits for a peer that has gone before the job fails (seconds).
-DIST_TIMEOUT_S = float(os.environ.get("TORCHREG_DIST_TIMEOUT_S", "60"))
 PR_SET_PDEATHSIG = 1
+
+
+def dist_timeout_s() -> float:
+    """How long a rank waits for a peer that has gone before the job fails (seconds):
+    TORCHREG_DIST_TIMEOUT_S, default 60."""
+    text = os.environ.get("TORCHREG_DIST_TIMEOUT_S", "60")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise UserError(
+            f"TORCHREG_DIST_TIMEOUT_S = {text[:40]!r} is not a number of seconds above 0"
+        )
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -71,7 +85,7 @@ def joined(device_name: str) -> Iterator[RunContext]:
         return
     die_with_launcher()
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=dist_timeout_s()))
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     try:

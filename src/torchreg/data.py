@@ -25,7 +25,7 @@ import numpy as np
 
 from torchreg import fixedmath
 from torchreg.config import DataConfig
-from torchreg.errors import DataError, rebuild_advice
+from torchreg.errors import DataError, rebuild_advice, shown
 from torchreg.files import atomic_path, open_input, remove_stale_temps
 
 GENERATE_HINT = "run the generate stage first (dvc repro generate)"
@@ -162,6 +162,8 @@ DIGEST_NOTE = "  # sha256 "
 # A data file's header is under 256 bytes (the dict, the digest, padding). numpy's own reader
 # would read a header up to 10,000 bytes, then advise `allow_pickle=True` for a larger one.
 MAX_HEADER_BYTES = 4096
+# A dimension past this is no real file's (a crafted header can hold a 2000-digit hex number).
+MAX_DIMENSION = 1 << 40
 _VERIFIED: set[tuple[int, ...]] = set()  # files whose digest this process has checked
 
 
@@ -254,6 +256,10 @@ class DataFile:
             # SyntaxError, TypeError for `{[]: 1}`, tokenize.TokenError for `[[[`, EOFError...)
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise DataError(f"{self.path}: not a valid data file ({reason})") from None
+        if any(type(n) is not int or n > MAX_DIMENSION for n in shape):  # True, 0x<1900 f's>
+            raise DataError(
+                f"{self.path}: not a valid data file (its shape {shown(shape)} is not a size)"
+            )
         if dtype != np.float32:  # a byte-swapped float32 too: numpy's dtypes compare the order
             raise DataError(
                 f"{self.path}: holds {dtype.str} ({dtype}) values; a data file holds "

@@ -18,6 +18,7 @@ LAUNCHER_ENV = "TORCHREG_LAUNCHER_PID"
 # The last guard on a message that echoes something huge (a 1 MB cell quoted by a parser):
 # keep its start (what and where) and its end (what to do).
 MAX_MESSAGE = 600
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def stage_parser(doc: str, uses: str) -> argparse.ArgumentParser:
@@ -65,8 +66,16 @@ def _say_interrupted(stage: str, signum: int) -> None:
 def run_main(stage: str, body: Callable[[], object]) -> None:
     """Run a stage body; a user mistake, Ctrl-C or SIGTERM ends it with one line, not a
     traceback (exit 2 for a mistake, 128 + the signal's number for an interrupt)."""
+    level = os.environ.get("TORCHREG_LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        print(
+            f"{stage}: error: TORCHREG_LOG_LEVEL = {_bounded(repr(level))} is not a log level "
+            f"(allowed: {', '.join(LOG_LEVELS)})",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     logging.basicConfig(
-        level=os.environ.get("TORCHREG_LOG_LEVEL", "INFO"),
+        level=level,
         format=f"{stage}: %(message)s",
         stream=sys.stderr,
     )
