@@ -159,8 +159,9 @@ def npy_with_header(header: bytes) -> bytes:
         (b"", "not a .npy file"),
         (b"\x93NUMPY\x01", "not a .npy file"),
         (bytes(range(256)) * 4, "not a .npy file"),
-        (b"\x93NUMPY garbage", ".npy version 32"),
-        (b"\x93NUMPY\x09\x00" + bytes(100), ".npy version 9"),
+        (b"\x93NUMPY garbage", ".npy version 32.103"),
+        (b"\x93NUMPY\x09\x00" + bytes(100), ".npy version 9.0"),
+        (b"\x93NUMPY\x01\x01" + bytes(100), ".npy version 1.1"),  # numpy refuses it too
         (npy_with_header(b"{[]: 1}"), "unhashable type: 'list'"),
         (npy_with_header(b"[" * 3000), "('EOF in multi-line statement', (2, 0))"),
         (npy_with_header(b"{'descr': '<f4'"), "('EOF in multi-line statement', (2, 0))"),
@@ -169,11 +170,15 @@ def npy_with_header(header: bytes) -> bytes:
             "its shape <tuple too long to show> is not a size",
         ),
         (npy_with_header(HEADER % b"True"), "its shape (True, 2) is not a size"),
+        (
+            npy_with_header(HEADER % b"10**3"),
+            "malformed node or string on line 1: <ast.BinOp object>",
+        ),
         (npy_with_header(HEADER % b"1099511627777"), "its shape (1099511627777, 2) is not a size"),
     ],
     ids=[
-        *["empty", "cut-magic", "binary", "garbage", "version-9", "key-a-list", "deep", "unclosed"],
-        *["hex-rows", "bool-rows", "rows-past-2-40"],
+        *["empty", "cut-magic", "binary", "garbage", "version-9", "version-1.1", "key-a-list"],
+        *["deep", "unclosed", "hex-rows", "bool-rows", "expression", "rows-past-2-40"],
     ],
 )
 def test_bad_data_files(tmp_path, content, reason):

@@ -16,6 +16,7 @@ import configparser
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -233,9 +234,11 @@ class DataFile:
         start = f.read(len(NPY_MAGIC) + 2)
         if len(start) < len(NPY_MAGIC) + 2 or not start.startswith(NPY_MAGIC):
             raise DataError(f"{self.path}: not a valid data file (not a .npy file)")
-        width = {1: 2, 2: 4, 3: 4}.get(start[-2])
+        width = {1: 2, 2: 4, 3: 4}.get(start[-2]) if start[-1] == 0 else None  # 1.0, 2.0, 3.0
         if width is None:
-            raise DataError(f"{self.path}: not a valid data file (.npy version {start[-2]})")
+            raise DataError(
+                f"{self.path}: not a valid data file (.npy version {start[-2]}.{start[-1]})"
+            )
         length = int.from_bytes(f.read(width), "little")
         if length > MAX_HEADER_BYTES:
             raise DataError(
@@ -255,6 +258,7 @@ class DataFile:
         except Exception as exc:  # noqa: BLE001 (numpy's parser on any bytes: ValueError,
             # SyntaxError, TypeError for `{[]: 1}`, tokenize.TokenError for `[[[`, EOFError...)
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            reason = re.sub(r" at 0x[0-9a-f]+", "", reason)  # `<ast.BinOp object at 0x7f..>`
             raise DataError(f"{self.path}: not a valid data file ({reason})") from None
         if any(type(n) is not int or n > MAX_DIMENSION for n in shape):  # True, 0x<1900 f's>
             raise DataError(
