@@ -430,3 +430,13 @@ def test_trailing_bytes_are_refused(data_file):
         f"{data_file}: not a valid data file (longer than its header says: 10196 bytes, the "
         "header needs 10192)"
     )
+
+
+def test_a_dimension_of_2_to_the_40_is_a_size(tmp_path):
+    """The largest dimension taken as a size: this file is then only too short for it."""
+    content = npy_with_header(HEADER % b"1099511627776")
+    (tmp_path / "d.npy").write_bytes(content)
+    assert refusal(tmp_path / "d.npy") == (
+        f"{tmp_path / 'd.npy'}: not a valid data file (shorter than its header says: "
+        f"{len(content)} bytes, the header needs {len(content) + (1 << 40) * 2 * 4})"
+    )
