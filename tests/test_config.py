@@ -521,7 +521,8 @@ TAGGED = "not valid YAML: a value its tag cannot hold "
         ("data: {}\ntrain: {}\ndata: {}\n", f"duplicate key 'data' at line 3: {ONCE}"),
         (f"{LONG}: 1\n{LONG}: 2\n", f"duplicate key {LONG!r} at line 2: {ONCE}"),
         ("data: !!bool maybe\n", "not valid YAML: a value its tag cannot hold ('maybe')"),
-        ("data: !!int ''\n", TAGGED + "('string index out of range')"),
+        ("data: !!int ''\n", TAGGED + "(string index out of range)"),
+        (f"data: !!bool {LONG}\n", TAGGED + "('" + "a" * 76 + "...)"),  # cut at 80
         ("deep: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply: " + TOO_DEEP_REST),
         (
             b"data: \xff\n",
@@ -538,6 +539,7 @@ TAGGED = "not valid YAML: a value its tag cannot hold "
         "long-dup",
         "bool-tag",
         "int-tag",
+        "long-tag",
         "deep",
         "utf-8",
     ],

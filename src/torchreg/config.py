@@ -258,10 +258,7 @@ def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         raise ConfigError(_one_line(f"{path}: not valid YAML: {clip(str(exc), 120)}")) from None
     except (KeyError, IndexError, TypeError, AttributeError) as exc:  # `!!bool maybe`, `!!int ''`
         raise ConfigError(
-            _one_line(
-                f"{path}: not valid YAML: a value its tag cannot hold "
-                f"({shown(exc.args[0] if exc.args else type(exc).__name__, 80)})"
-            )
+            _one_line(f"{path}: not valid YAML: a value its tag cannot hold ({clip(str(exc), 80)})")
         ) from None
     except RecursionError:  # the parser recurses once a level: 5000 nested maps overflow it
         raise ConfigError(f"{path}: {TOO_DEEP}") from None
