@@ -26,7 +26,7 @@ import numpy as np
 
 from torchreg import fixedmath
 from torchreg.config import DataConfig
-from torchreg.errors import DataError, rebuild_advice, shown
+from torchreg.errors import DataError, first_line, rebuild_advice, shown
 from torchreg.files import atomic_path, open_input, remove_stale_temps
 
 GENERATE_HINT = "run the generate stage first (dvc repro generate)"
@@ -257,8 +257,7 @@ class DataFile:
             shape, fortran_order, dtype = read(f)  # numpy's own 10,000-byte limit never binds
         except Exception as exc:  # noqa: BLE001 (numpy's parser on any bytes: ValueError,
             # SyntaxError, TypeError for `{[]: 1}`, tokenize.TokenError for `[[[`, EOFError...)
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            reason = re.sub(r" at 0x[0-9a-f]+", "", reason)  # `<ast.BinOp object at 0x7f..>`
+            reason = re.sub(r" at 0x[0-9a-f]+", "", first_line(exc))  # `<ast.BinOp .. at 0x7f..>`
             raise DataError(f"{self.path}: not a valid data file ({reason})") from None
         if any(type(n) is not int or n > MAX_DIMENSION for n in shape):  # True, 0x<1900 f's>
             raise DataError(

@@ -52,3 +52,10 @@ def rebuild_advice(missing_hint: str | None) -> str:
     if not missing_hint or "(" not in missing_hint:
         return ""
     return f"rebuild it ({missing_hint.split('(', 1)[1]}"
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's message as a reason in parentheses: its first line, at most 200 characters;
+    its type's name if it has none."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

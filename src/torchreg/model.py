@@ -21,7 +21,7 @@ from torch import nn
 from torchreg.budget import check_memory, model_bytes
 from torchreg.config import ModelConfig
 from torchreg.data import CHUNK_ROWS
-from torchreg.errors import ConfigError, DataError, rebuild_advice
+from torchreg.errors import ConfigError, DataError, first_line, rebuild_advice
 from torchreg.files import open_input, write_bytes
 from torchreg.parallel import Linear
 
@@ -136,7 +136,7 @@ def _check_size(f: BinaryIO, size: int, path: Path, what: str) -> None:
     except RecursionError:
         raise DataError(f"{path}: not a valid {what} (its header is nested too deeply)") from None
     except Exception as exc:  # json, and a table of the wrong shape, raise many types
-        raise DataError(f"{path}: not a valid {what} ({_reason(exc)})") from None
+        raise DataError(f"{path}: not a valid {what} ({first_line(exc)})") from None
     if described != size:
         raise DataError(
             f"{path}: not a valid {what} (its header describes {described:,} bytes, the file "
@@ -159,12 +159,6 @@ def _header_length(first: bytes, size: int) -> int:
     if length > min(MAX_HEADER_BYTES, size - 8):
         raise ValueError(f"a header of {length:,} bytes in a file of {size:,}")
     return length
-
-
-def _reason(exc: Exception) -> str:
-    """The first line of an error's message, at most 200 characters; its type if it has none."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def _digest(table: dict, header: dict, payload: memoryview) -> str:
@@ -227,7 +221,7 @@ def read_sealed(
     except RecursionError:
         raise DataError(f"{path}: not a valid {what} (its header is nested too deeply)") from None
     except Exception as exc:  # safetensors, json and the checks above raise many types
-        raise DataError(f"{path}: not a valid {what} ({_reason(exc)})") from None
+        raise DataError(f"{path}: not a valid {what} ({first_line(exc)})") from None
     for name, tensor in state.items():
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
             raise DataError(f"{path}: {name} holds a NaN or infinite value{rebuild}")
@@ -268,7 +262,7 @@ def load_model(
     except (ConfigError, DataError):
         raise
     except Exception as exc:  # pydantic and a header of the wrong types raise many types
-        raise DataError(f"{path}: not a valid model file ({_reason(exc)})") from None
+        raise DataError(f"{path}: not a valid model file ({first_line(exc)})") from None
     model = build_model(cfg, n_features, 0.0, torch.Generator())
     model.load_state_dict(state, strict=True)
     model.eval()
