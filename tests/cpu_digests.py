@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import evaluate  # noqa: E402 - the stage scripts, imported as modules
 import generate  # noqa: E402
 import train  # noqa: E402
-from torchreg import cpu  # noqa: E402
+from torchreg import cpu, parallel  # noqa: E402
 from torchreg.config import load_params  # noqa: E402
 from torchreg.context import RunContext  # noqa: E402
 
@@ -65,11 +65,13 @@ def configs(base):
         )
     yield variant("linear-sgd-swa", average="swa")
     yield variant("mlp-adam-swa", None, {"kind": "mlp"}, optimizer="adam", average="swa")
-    # Batches of 2 * parallel.BLOCK_ROWS rows and more: the products split into fixed blocks.
+    # Products of parallel.MIN_BLOCKED_WORK multiply-adds and more (2500 x 128 x 256), and
+    # batches of 2 * parallel.BLOCK_ROWS rows and more: split into fixed blocks.
+    assert parallel.MIN_BLOCKED_WORK <= 2500 * 128 * 256 and 2 * parallel.BLOCK_ROWS <= 2500
     yield variant(
         "mlp-adam-blocked",
         {"n_train": 5000},
-        {"kind": "mlp", "hidden": (64, 64)},
+        {"kind": "mlp", "hidden": (128, 256)},
         optimizer="adam",
         batch_size=2500,
     )

@@ -16,18 +16,24 @@ from torchreg import cpu
 def run_layer(pool_size: int, monkeypatch, dtype=torch.float32):
     pool = ThreadPoolExecutor(pool_size)
     monkeypatch.setattr(parallel, "_pool", lambda: pool)
+    monkeypatch.setattr(parallel, "THREADS", pool_size)
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)  # nn.Linear's own initial weights
-    layer = parallel.Linear(37, 300).to(dtype)
-    x = torch.randn(5000, 37, generator=g, dtype=dtype, requires_grad=True)
+    # Every product of this layer (forward, gradient for x, for the weight) is large enough to
+    # be split into blocks.
+    layer = parallel.Linear(64, 300).to(dtype)
+    x = torch.randn(5000, 64, generator=g, dtype=dtype, requires_grad=True)
     out = layer(x)
     (out * torch.randn(out.shape, generator=g, dtype=dtype)).sum().backward()
     return layer, x, out
 
 
-def test_the_blocks_give_the_same_bits_on_any_number_of_threads(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_blocks_give_the_same_bits_on_any_number_of_threads(monkeypatch, dtype):
+    # float32 takes torchreg.gemm on an AVX2/FMA CPU, float64 torch's products.
+    assert parallel.MIN_BLOCKED_WORK <= 5000 * 64 * 300
     cpu.use("portable")
-    runs = [run_layer(n, monkeypatch) for n in (1, 2, 5)]
+    runs = [run_layer(n, monkeypatch, dtype) for n in (1, 2, 5)]
     for layer, x, out in runs[1:]:
         assert torch.equal(out, runs[0][2])
         assert torch.equal(x.grad, runs[0][1].grad)
@@ -35,31 +41,52 @@ def test_the_blocks_give_the_same_bits_on_any_number_of_threads(monkeypatch):
         assert torch.equal(layer.bias.grad, runs[0][0].bias.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mode", ["portable", "native"])
-def test_it_is_nn_linear(monkeypatch, mode):
-    """The same values and gradients as nn.Linear (in float64, to rounding) in both modes."""
+def test_it_is_nn_linear(monkeypatch, mode, dtype):
+    """The same values and gradients as nn.Linear, in both modes, to rounding (float64's, or
+    float32's against a float64 nn.Linear)."""
     cpu.use(mode)
     try:
-        layer, x, out = run_layer(2, monkeypatch, torch.float64)
+        layer, x, out = run_layer(2, monkeypatch, dtype)
     finally:
         cpu.use("portable")
-    plain = nn.Linear(37, 300).to(torch.float64)
+    plain = nn.Linear(64, 300).to(torch.float64)
     plain.load_state_dict(layer.state_dict())
-    x2 = x.detach().clone().requires_grad_()
+    x2 = x.detach().double().requires_grad_()
     out2 = plain(x2)
     g = torch.Generator().manual_seed(0)
-    torch.randn(5000, 37, generator=g, dtype=torch.float64)  # the draw run_layer made for x
-    (out2 * torch.randn(out2.shape, generator=g, dtype=torch.float64)).sum().backward()
-    torch.testing.assert_close(out, out2, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(layer.weight.grad, plain.weight.grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(layer.bias.grad, plain.bias.grad, rtol=1e-12, atol=1e-12)
+    torch.randn(5000, 64, generator=g, dtype=dtype)  # the draw run_layer made for x
+    (out2 * torch.randn(out2.shape, generator=g, dtype=dtype).double()).sum().backward()
+    tol = 1e-12 if dtype == torch.float64 else 2e-4
+    for got, want in [
+        (out, out2),
+        (x.grad, x2.grad),
+        (layer.weight.grad, plain.weight.grad),
+        (layer.bias.grad, plain.bias.grad),
+    ]:
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
 
 
-def test_small_batches_take_nn_linear_itself(monkeypatch):
+def test_which_batches_take_the_blocks(monkeypatch):
+    """On an AVX2/FMA CPU every float32 batch (torchreg.gemm's products); otherwise, and for
+    float64, batches of at least 2 * BLOCK_ROWS rows; in native mode none."""
     calls = []
     monkeypatch.setattr(parallel._LinearFunction, "apply", lambda *a: calls.append(a))
-    parallel.Linear(4, 3)(torch.zeros(2 * parallel.BLOCK_ROWS - 1, 4))
-    assert not calls
-    parallel.Linear(4, 3)(torch.zeros(2 * parallel.BLOCK_ROWS, 4))
-    assert calls
+    v3 = cpu.family() == "x86-64-v3"
+    for dtype, rows, taken in [
+        (torch.float32, 1, v3),
+        (torch.float32, 2 * parallel.BLOCK_ROWS, True),
+        (torch.float64, 2 * parallel.BLOCK_ROWS - 1, False),
+        (torch.float64, 2 * parallel.BLOCK_ROWS, True),
+    ]:
+        calls.clear()
+        parallel.Linear(4, 3).to(dtype)(torch.zeros(rows, 4, dtype=dtype))
+        assert bool(calls) == taken, (dtype, rows)
+    cpu.use("native")
+    try:
+        calls.clear()
+        parallel.Linear(4, 3)(torch.zeros(2 * parallel.BLOCK_ROWS, 4))
+        assert not calls
+    finally:
+        cpu.use("portable")

@@ -26,12 +26,12 @@ from torchreg.errors import ConfigError, UserError
 from torchreg.files import write_bytes
 
 ENVIRONMENT_FILE = Path("environment.yaml")
-PACKAGES = ("numpy", "torch", "safetensors", "dvclive", "matplotlib", "pillow")
+PACKAGES = ("numpy", "torch", "scipy-openblas32", "safetensors", "dvclive", "matplotlib", "pillow")
 # What each stage depends on; dvc.yaml lists the same keys (a test checks).
 STAGE_KEYS = {
     "generate": ("numpy",),
-    "train": ("cpu", "numpy", "torch", "safetensors", "dvclive"),
-    "evaluate": ("cpu", "numpy", "torch", "safetensors"),
+    "train": ("cpu", "numpy", "torch", "scipy-openblas32", "safetensors", "dvclive"),
+    "evaluate": ("cpu", "numpy", "torch", "scipy-openblas32", "safetensors"),
     "plot": ("numpy", "matplotlib", "pillow"),
 }
 RECORD = "python -m torchreg.environment"

@@ -2,11 +2,14 @@
 
 In the portable mode torch computes on one thread: a product or a sum split across threads adds
 its parts in an order set by the thread count, which follows the machine. Here the split is a
-function of the shapes only (blocks of BLOCK_ROWS rows, never "one per core"), each block is one
-single-threaded call, and the blocks are joined in order: any number of threads, one core or
-sixteen, computes exactly the same blocks the same way. The threads only decide when.
+function of the shapes only (blocks of BLOCK_ROWS rows, never "one per core"; a product too
+small to pay for the hand-over is one block), each block is one single-threaded call that
+writes its own rows of the result, and the sum over k is never split: any number of threads,
+one core or sixteen, computes exactly the same blocks the same way. The threads only decide when.
 
-`Linear` is nn.Linear (same parameters, same state dict) whose large products go this way.
+`Linear` is nn.Linear (same parameters, same state dict) whose products go this way: on the
+x86-64-v3 family every float32 product, by OpenBLAS's Haswell kernels (torchreg.gemm: several
+times faster than MKL's vendor-neutral path); elsewhere the large ones, by torch.
 """
 
 from __future__ import annotations
@@ -18,43 +21,76 @@ from functools import cache
 from typing import TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from torchreg import cpu
+from torchreg import cpu, gemm
 
 # Rows per block: large enough that one block keeps a core busy for well over the cost of
 # handing it to a thread (tens of microseconds), small enough to give every core work.
 BLOCK_ROWS = 1024
 # Output features per block of a weight gradient (its rows): the same reasoning.
 BLOCK_FEATURES = 64
+# Multiply-adds of a product below which it is not split: a few milliseconds on one core.
+MIN_BLOCKED_WORK = 2**26
+# Threads that compute the blocks: one per core (the bits do not depend on it).
+THREADS = os.cpu_count() or 1
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 @cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="torchreg")
+    return ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="torchreg")
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """fn over items, on every core, results in the items' order. Each thread computes in the
-    caller's grad and inference modes (torch keeps them per thread)."""
+    """fn over items, on every core, results in the items' order: each core takes a share of
+    consecutive items, the calling thread the first. Each thread computes in the caller's grad
+    and inference modes (torch keeps them per thread)."""
     items = list(items)
-    if len(items) < 2:
+    shares = min(len(items), THREADS)
+    if shares < 2:
         return [fn(item) for item in items]
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    bounds = [i * len(items) // shares for i in range(shares + 1)]
 
-    def in_callers_mode(item: T) -> R:
+    def share(i: int) -> list[R]:
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            return fn(item)
+            return [fn(item) for item in items[bounds[i] : bounds[i + 1]]]
 
-    return list(_pool().map(in_callers_mode, items))
+    others = [_pool().submit(share, i) for i in range(1, shares)]
+    results = share(0)
+    for future in others:
+        results += future.result()
+    return results
 
 
-def blocked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int):
-    """fn of each block of `size` rows, joined in order."""
-    return torch.cat(ordered_map(fn, x.split(size)))
+def _mm(t: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """The product for t's dtype: the Haswell kernels where they can, else torch's (with
+    gemm.mm's arguments)."""
+    if t.dtype == torch.float32 and gemm.available():
+        return gemm.mm
+    return lambda a, b, out, accumulate: out.addmm_(a, b) if accumulate else torch.mm(a, b, out=out)
+
+
+def blocked_mm(a: torch.Tensor, b: torch.Tensor, rows: int, bias: torch.Tensor | None = None):
+    """a @ b (+ bias), by blocks of `rows` rows of a, each written in place into the result."""
+    out = a.new_empty(len(a), b.size(1))
+    mm = _mm(a)
+    # Handing a block to another thread costs about 100 us: a smaller product is computed in
+    # one piece. The choice depends on the shapes alone.
+    if a.numel() * b.size(1) < MIN_BLOCKED_WORK:
+        rows = max(1, len(a))
+
+    def block(start: int) -> None:
+        part = slice(start, start + rows)
+        if bias is not None:  # the product is added to the bias: one pass over out less
+            out[part] = bias
+        mm(a[part], b, out=out[part], accumulate=bias is not None)
+
+    with torch.no_grad():
+        ordered_map(block, range(0, len(a), rows))
+    return out
 
 
 class _LinearFunction(torch.autograd.Function):
@@ -64,28 +100,30 @@ class _LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        return blocked(lambda rows: F.linear(rows, weight, bias), x, BLOCK_ROWS)
+        return blocked_mm(x, weight.T, BLOCK_ROWS, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
-        grad_x = blocked(lambda rows: rows @ weight, grad, BLOCK_ROWS)
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = blocked_mm(grad, weight, BLOCK_ROWS) if need_x else None
         # Row block j of the weight gradient is (columns j of grad).T @ x.
-        grad_w = torch.cat(ordered_map(lambda c: c.T @ x, grad.split(BLOCK_FEATURES, 1)))
-        return grad_x, grad_w, grad.sum(0)
+        grad_w = blocked_mm(grad.T, x, BLOCK_FEATURES) if need_w else None
+        return grad_x, grad_w, grad.sum(0) if need_b else None
 
 
 class Linear(nn.Linear):
-    """nn.Linear; in the portable mode on the CPU, a batch of at least 2 * BLOCK_ROWS rows goes
-    through the fixed blocks above (the choice depends on the shapes alone)."""
+    """nn.Linear; in the portable mode on the CPU, a 2-d batch goes through the blocks above
+    when the Haswell kernels take its dtype, or when it has at least 2 * BLOCK_ROWS rows (the
+    choice depends on the shapes, the dtype and the CPU family alone)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
             cpu.current() == "portable"
             and x.device.type == "cpu"
             and x.dim() == 2
-            and len(x) >= 2 * BLOCK_ROWS
             and self.bias is not None
+            and (len(x) >= 2 * BLOCK_ROWS or _mm(x) is gemm.mm)
         ):
             return _LinearFunction.apply(x, self.weight, self.bias)
         return super().forward(x)

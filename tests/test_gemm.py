@@ -1,0 +1,90 @@
+"""torchreg.gemm: matrix products by OpenBLAS's Haswell kernels on one thread, loaded privately.
+
+That they give the same bits on other CPUs is shown under emulated CPUs
+(test_cpu_independence.py); here: that they compute the product, in every shape it takes, and
+that the library is the one the bits depend on (Haswell kernels, one thread) or is refused.
+"""
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from support import ROOT, subprocess_env
+from torchreg import cpu, gemm
+
+pytestmark = pytest.mark.skipif(
+    cpu.family() != "x86-64-v3", reason="the Haswell kernels need an AVX2/FMA CPU"
+)
+
+
+def operand(rows: int, cols: int, transposed: bool, g: torch.Generator) -> torch.Tensor:
+    """A rows x cols matrix, stored as it is or as the transpose of a cols x rows one."""
+    if transposed:
+        return torch.randn(cols, rows, generator=g).T
+    return torch.randn(rows, cols, generator=g)
+
+
+# One row or column (matrix-vector products), k of 0 and 1 (no product, an outer product),
+# and full products; each operand stored plain or transposed.
+@pytest.mark.parametrize("m,k,n", list(itertools.product([1, 2, 33], [0, 1, 3, 257], [1, 2, 130])))
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+def test_it_is_the_product(m, k, n, ta, tb):
+    g = torch.Generator().manual_seed(m * 1000 + k * 10 + n)
+    a, b = operand(m, k, ta, g), operand(k, n, tb, g)
+    exact = a.double() @ b.double()
+    tol = {"rtol": 1e-5, "atol": 1e-5 * (k + 1)}
+    torch.testing.assert_close(gemm.mm(a, b), exact.float(), **tol)
+    # Into the rows of a wider matrix, and added to what it holds.
+    wide = torch.randn(m, n + 3, generator=g)
+    before = wide[:, :n].clone()
+    gemm.mm(a, b, out=wide[:, :n], accumulate=True)
+    torch.testing.assert_close(wide[:, :n], (before.double() + exact).float(), **tol)
+    gemm.mm(a, b, out=wide[:, :n])
+    torch.testing.assert_close(wide[:, :n], exact.float(), **tol)
+
+
+def test_it_runs_the_haswell_kernels_on_one_thread_and_leaves_the_environment_alone():
+    lib = gemm._library()
+    assert lib.scipy_openblas_get_corename() == b"Haswell"
+    assert lib.scipy_openblas_get_num_threads() == 1
+    assert "OPENBLAS_CORETYPE" not in os.environ and "OPENBLAS_NUM_THREADS" not in os.environ
+
+
+LOAD_FIRST = """
+import scipy_openblas32
+scipy_openblas32.get_openblas_config()  # loads the library with the kernels of this CPU
+import torch
+from torchreg import gemm
+from torchreg.errors import UserError
+try:
+    gemm.mm(torch.ones(2, 2), torch.ones(2, 2))
+except UserError as exc:
+    print(exc)
+"""
+
+
+def test_a_library_loaded_before_with_other_kernels_is_refused():
+    # Sandybridge's kernels run on any AVX2 CPU too, and give other bits.
+    env = subprocess_env(ROOT / "src", OPENBLAS_CORETYPE="Sandybridge")
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_FIRST], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == (
+        "libscipy_openblas.so was loaded before torchreg.gemm, with its Sandybridge kernels: "
+        "the portable mode needs the Haswell ones (import torchreg before anything that loads "
+        "scipy-openblas32, or use compute.cpu: native)"
+    )
+
+
+def test_without_the_package_the_portable_mode_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(gemm.importlib.util, "find_spec", lambda name: None)
+    gemm._library.cache_clear()
+    try:
+        with pytest.raises(gemm.UserError, match="^scipy-openblas32 is not installed"):
+            gemm.available()
+    finally:
+        gemm._library.cache_clear()
