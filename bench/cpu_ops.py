@@ -30,6 +30,8 @@ g = torch.Generator().manual_seed(0)
 x = torch.randn(4096, generator=g) * 3
 p = x.abs() + 1e-3
 a, b = torch.randn(256, 64, generator=g), torch.randn(64, 128, generator=g)
+# k past OpenBLAS's block of the sum (Haswell: 384), so that its blocking is in play too.
+a2, b2 = torch.randn(256, 1024, generator=g), torch.randn(1024, 64, generator=g)
 
 
 def adam_steps(fused):
@@ -72,6 +74,14 @@ ops = {
         np.random.Generator(np.random.PCG64(1)).standard_normal(200000, dtype=np.float32)
     ),
 }
+ops["matrix product, NumPy's OpenBLAS (kernels by CPU)"] = lambda: torch.from_numpy(
+    a2.numpy() @ b2.numpy()
+)
+if sys.argv[1] == "portable":
+    from torchreg import cpu, gemm
+
+    if cpu.family() == "x86-64-v3":  # elsewhere the Haswell kernels cannot run
+        ops["matrix product, OpenBLAS's Haswell kernels (torchreg.gemm)"] = lambda: gemm.mm(a2, b2)
 digest = lambda t: hashlib.md5(t.contiguous().numpy().tobytes()).hexdigest()
 print(json.dumps({k: digest(f()) for k, f in ops.items()}))
 """
@@ -98,8 +108,12 @@ def main(argv: list[str] | None = None) -> None:
         native = digests(None, settings)
         for cpu in args.cpus:
             got = digests(cpu, settings)
-            differ = [op for op in native if got[op] != native[op]]
-            print(f"{settings} torch, emulated {cpu}: differ: {', '.join(differ) or 'none'}")
+            differ = [op for op in native if got.get(op, native[op]) != native[op]]
+            absent = [op for op in native if op not in got]
+            print(
+                f"{settings} torch, emulated {cpu}: differ: {', '.join(differ) or 'none'}"
+                + (f"; not run there: {', '.join(absent)}" if absent else "")
+            )
 
 
 if __name__ == "__main__":

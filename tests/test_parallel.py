@@ -69,24 +69,27 @@ def test_it_is_nn_linear(monkeypatch, mode, dtype):
 
 
 def test_which_batches_take_the_blocks(monkeypatch):
-    """On an AVX2/FMA CPU every float32 batch (torchreg.gemm's products); otherwise, and for
-    float64, batches of at least 2 * BLOCK_ROWS rows; in native mode none."""
+    """A product of MIN_GEMM_WORK multiply-adds and more on an AVX2/FMA CPU in float32
+    (torchreg.gemm's products); otherwise, and in float64, of MIN_BLOCKED_WORK and more (where
+    it is split); in native mode none."""
     calls = []
     monkeypatch.setattr(parallel._LinearFunction, "apply", lambda *a: calls.append(a))
     v3 = cpu.family() == "x86-64-v3"
+    gemm_rows, blocked_rows = parallel.MIN_GEMM_WORK // 64, parallel.MIN_BLOCKED_WORK // 64
     for dtype, rows, taken in [
-        (torch.float32, 1, v3),
-        (torch.float32, 2 * parallel.BLOCK_ROWS, True),
-        (torch.float64, 2 * parallel.BLOCK_ROWS - 1, False),
-        (torch.float64, 2 * parallel.BLOCK_ROWS, True),
+        (torch.float32, gemm_rows - 1, False),
+        (torch.float32, gemm_rows, v3),
+        (torch.float32, blocked_rows, True),
+        (torch.float64, blocked_rows - 1, False),
+        (torch.float64, blocked_rows, True),
     ]:
         calls.clear()
-        parallel.Linear(4, 3).to(dtype)(torch.zeros(rows, 4, dtype=dtype))
+        parallel.Linear(8, 8).to(dtype)(torch.zeros(rows, 8, dtype=dtype))
         assert bool(calls) == taken, (dtype, rows)
     cpu.use("native")
     try:
         calls.clear()
-        parallel.Linear(4, 3)(torch.zeros(2 * parallel.BLOCK_ROWS, 4))
+        parallel.Linear(8, 8)(torch.zeros(blocked_rows, 8))
         assert not calls
     finally:
         cpu.use("portable")

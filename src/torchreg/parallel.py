@@ -32,6 +32,9 @@ BLOCK_ROWS = 1024
 BLOCK_FEATURES = 64
 # Multiply-adds of a product below which it is not split: a few milliseconds on one core.
 MIN_BLOCKED_WORK = 2**26
+# Multiply-adds of a layer's product from which OpenBLAS's Haswell kernels beat MKL's portable
+# path once the cost of calling them is counted (measured: about even at 2**21).
+MIN_GEMM_WORK = 2**21
 # Threads that compute the blocks: one per core (the bits do not depend on it).
 THREADS = os.cpu_count() or 1
 T = TypeVar("T")
@@ -113,9 +116,11 @@ class _LinearFunction(torch.autograd.Function):
 
 
 class Linear(nn.Linear):
-    """nn.Linear; in the portable mode on the CPU, a 2-d batch goes through the blocks above
-    when the Haswell kernels take its dtype, or when it has at least 2 * BLOCK_ROWS rows (the
-    choice depends on the shapes, the dtype and the CPU family alone)."""
+    """nn.Linear; in the portable mode on the CPU, a 2-d batch whose product is large enough
+    goes through the function above: from MIN_GEMM_WORK multiply-adds when the Haswell kernels
+    take its dtype (below, calling them costs more than MKL's product), from MIN_BLOCKED_WORK
+    otherwise (where it is split into blocks). The choice depends on the shapes, the dtype and
+    the CPU family alone."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
@@ -123,7 +128,8 @@ class Linear(nn.Linear):
             and x.device.type == "cpu"
             and x.dim() == 2
             and self.bias is not None
-            and (len(x) >= 2 * BLOCK_ROWS or _mm(x) is gemm.mm)
         ):
-            return _LinearFunction.apply(x, self.weight, self.bias)
+            least = MIN_GEMM_WORK if _mm(x) is gemm.mm else MIN_BLOCKED_WORK
+            if x.numel() * self.out_features >= least:
+                return _LinearFunction.apply(x, self.weight, self.bias)
         return super().forward(x)
