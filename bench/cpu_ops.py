@@ -74,14 +74,14 @@ ops = {
         np.random.Generator(np.random.PCG64(1)).standard_normal(200000, dtype=np.float32)
     ),
 }
-ops["matrix product, NumPy's OpenBLAS (kernels by CPU)"] = lambda: torch.from_numpy(
+ops["NumPy's OpenBLAS product (kernels by CPU)"] = lambda: torch.from_numpy(
     a2.numpy() @ b2.numpy()
 )
 if sys.argv[1] == "portable":
     from torchreg import cpu, gemm
 
     if cpu.family() == "x86-64-v3":  # elsewhere the Haswell kernels cannot run
-        ops["matrix product, OpenBLAS's Haswell kernels (torchreg.gemm)"] = lambda: gemm.mm(a2, b2)
+        ops["OpenBLAS's Haswell product (torchreg.gemm)"] = lambda: gemm.mm(a2, b2)
 digest = lambda t: hashlib.md5(t.contiguous().numpy().tobytes()).hexdigest()
 print(json.dumps({k: digest(f()) for k, f in ops.items()}))
 """

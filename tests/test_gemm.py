@@ -84,6 +84,28 @@ def test_a_library_loaded_before_with_other_kernels_is_refused():
     )
 
 
+LOAD_FIRST_ON_TWO_THREADS = """
+import ctypes, scipy_openblas32
+scipy_openblas32.get_openblas_config()  # loads it: Haswell kernels, two threads
+from torchreg import gemm
+gemm.available()
+lib = ctypes.CDLL(scipy_openblas32.get_lib_dir() + "/libscipy_openblas.so")
+print(lib.scipy_openblas_get_num_threads())
+"""
+
+
+def test_a_library_loaded_before_on_more_threads_is_set_to_one():
+    env = subprocess_env(ROOT / "src", OPENBLAS_CORETYPE="Haswell", OPENBLAS_NUM_THREADS="2")
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_FIRST_ON_TWO_THREADS],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "1"
+
+
 def test_without_the_package_the_portable_mode_says_what_to_install(monkeypatch):
     monkeypatch.setattr(gemm.importlib.util, "find_spec", lambda name: None)
     gemm._library.cache_clear()

@@ -20,8 +20,10 @@ declare -A tests=(
   [model]="tests/test_model.py"
   [data]="tests/test_data.py|tests/test_disk.py"
   [files]="tests/test_files.py"
+  [gemm]="tests/test_gemm.py|tests/test_parallel.py"
+  [parallel]="tests/test_parallel.py"
 )
-order=(evaluation training config model data files)
+order=(evaluation training config model data files gemm parallel)
 [ $# -gt 0 ] && order=("$@")
 for module in "${order[@]}"; do
   [ -n "${tests[$module]:-}" ] || { echo "mutate: unknown module $module (allowed: ${!tests[*]})" >&2; exit 2; }

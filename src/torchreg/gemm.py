@@ -65,6 +65,7 @@ def _library() -> ctypes.CDLL | None:
             f"portable mode needs the {KERNELS} ones (import torchreg before anything that "
             "loads scipy-openblas32, or use compute.cpu: native)"
         )
+    lib.scipy_openblas_set_num_threads(1)  # also where it was loaded before, with more
     lib.scipy_cblas_sgemm.restype = None
     lib.scipy_cblas_sgemm.argtypes = [ctypes.c_int] * 6 + [
         ctypes.c_float,
