@@ -79,8 +79,8 @@ def test_a_library_loaded_before_with_other_kernels_is_refused():
     )
     assert done.stdout.strip() == (
         "libscipy_openblas.so was loaded before torchreg.gemm, with its Sandybridge kernels: "
-        "the portable mode needs the Haswell ones (import torchreg before anything that loads "
-        "scipy-openblas32, or use compute.cpu: native)"
+        "the portable mode needs the Haswell ones (call torchreg.gemm.available() before anything "
+        "else loads scipy-openblas32, or use compute.cpu: native)"
     )
 
 
@@ -114,3 +114,48 @@ def test_without_the_package_the_portable_mode_says_what_to_install(monkeypatch)
             gemm.available()
     finally:
         gemm._library.cache_clear()
+
+
+REFUSED = {
+    "float64 a": (lambda: torch.ones(4, 3, dtype=torch.float64), lambda: torch.ones(3, 4), None),
+    "half b": (lambda: torch.ones(4, 3), lambda: torch.ones(3, 4, dtype=torch.half), None),
+    "3-d a": (lambda: torch.ones(1, 4, 3), lambda: torch.ones(3, 4), None),
+    "k that does not fit": (lambda: torch.ones(4, 3), lambda: torch.ones(2, 4), None),
+    "float64 out": (
+        lambda: torch.ones(4, 3),
+        lambda: torch.ones(3, 4),
+        lambda: torch.empty(4, 4, dtype=torch.float64),
+    ),
+    "out of another shape": (
+        lambda: torch.ones(4, 3),
+        lambda: torch.ones(3, 4),
+        lambda: torch.empty(4, 8),
+    ),
+    "out's rows overlapping": (
+        lambda: torch.ones(5, 3),
+        lambda: torch.ones(3, 6),
+        lambda: torch.empty(40).as_strided((5, 6), (3, 1)),
+    ),
+    "out of one column, all one element": (
+        lambda: torch.ones(5, 3),
+        lambda: torch.ones(3, 1),
+        lambda: torch.empty(1).as_strided((5, 1), (0, 1)),
+    ),
+    "out in columns": (
+        lambda: torch.ones(4, 3),
+        lambda: torch.ones(3, 5),
+        lambda: torch.empty(5, 4).T,
+    ),
+    "a past 32-bit sizes": (
+        lambda: torch.ones(1, 1).expand(2**31, 1),
+        lambda: torch.ones(1, 1),
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_what_it_cannot_compute_is_refused_before_any_call(case):
+    a, b, out = (make() if make else None for make in REFUSED[case])
+    with pytest.raises(ValueError, match="^gemm.mm: "):
+        gemm.mm(a, b, out=out)

@@ -3,6 +3,8 @@ same function as nn.Linear."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 import torchreg.parallel as parallel
+from support import ROOT, subprocess_env
 from torchreg import cpu
 
 
@@ -93,3 +96,51 @@ def test_which_batches_take_the_blocks(monkeypatch):
         assert not calls
     finally:
         cpu.use("portable")
+
+
+def test_a_batch_of_another_dtype_than_the_layer_is_refused_as_nn_linear_refuses_it():
+    cpu.use("portable")
+    rows = parallel.MIN_BLOCKED_WORK // (64 * 64)
+    for layer_dtype, x_dtype in [(torch.float64, torch.float32), (torch.float32, torch.float64)]:
+        layer = parallel.Linear(64, 64).to(layer_dtype)
+        with pytest.raises(RuntimeError, match="same dtype"):
+            layer(torch.ones(rows, 64, dtype=x_dtype))
+
+
+def test_a_second_derivative_is_refused_not_wrong():
+    cpu.use("portable")
+    layer = parallel.Linear(64, 300)
+    x = torch.randn(5000, 64, requires_grad=True)
+    (gx,) = torch.autograd.grad(torch.tanh(layer(x)).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.pow(2).sum().backward()
+
+
+FORK = """
+import hashlib, os, torch
+from torchreg import cpu, parallel
+cpu.use("portable")
+parallel.THREADS = 2
+layer = parallel.Linear(64, 300)
+x = torch.randn(5000, 64, generator=torch.Generator().manual_seed(0))
+digest = lambda: hashlib.md5(layer(x).detach().numpy().tobytes()).hexdigest()
+parent = digest()  # the pool's threads are running now
+read, write = os.pipe()
+if os.fork() == 0:
+    os.write(write, digest().encode())
+    os._exit(0)
+os.wait()
+print(parent == os.read(read, 64).decode())
+"""
+
+
+def test_a_forked_child_computes_the_same_blocks():
+    done = subprocess.run(
+        [sys.executable, "-c", FORK],
+        env=subprocess_env(ROOT / "src"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "True"

@@ -62,8 +62,8 @@ def _library() -> ctypes.CDLL | None:
     if kernels != KERNELS:  # loaded before, by other code, which let OpenBLAS pick by the CPU
         raise UserError(
             f"{found[0].name} was loaded before torchreg.gemm, with its {kernels} kernels: the "
-            f"portable mode needs the {KERNELS} ones (import torchreg before anything that "
-            "loads scipy-openblas32, or use compute.cpu: native)"
+            f"portable mode needs the {KERNELS} ones (call torchreg.gemm.available() before "
+            "anything else loads scipy-openblas32, or use compute.cpu: native)"
         )
     lib.scipy_openblas_set_num_threads(1)  # also where it was loaded before, with more
     lib.scipy_cblas_sgemm.restype = None
@@ -97,12 +97,12 @@ def available() -> bool:
 
 def _operand(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """t as cblas sees a row-major matrix: (tensor, transpose flag, leading dimension)."""
-    if t.stride(1) == 1 and t.stride(0) >= max(1, t.size(1)):
+    if t.stride(1) == 1 and t.stride(0) >= t.size(1):
         return t, _NO_TRANS, t.stride(0)
-    if t.stride(0) == 1 and t.stride(1) >= max(1, t.size(0)):
+    if t.stride(0) == 1 and t.stride(1) >= t.size(0):
         return t, _TRANS, t.stride(1)
     t = t.contiguous()
-    return t, _NO_TRANS, max(1, t.size(1))
+    return t, _NO_TRANS, t.size(1)
 
 
 def _vector(t: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -110,26 +110,44 @@ def _vector(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     return (t, t.stride(0)) if t.stride(0) >= 1 else (t.contiguous(), 1)
 
 
+def _check(name: str, t: torch.Tensor) -> None:
+    if t.dim() != 2 or t.dtype != torch.float32 or t.device.type != "cpu":
+        raise ValueError(
+            f"gemm.mm: {name} must be a 2-d float32 CPU tensor, not {t.dim()}-d {t.dtype} on "
+            f"{t.device}"
+        )
+    if max(*t.shape, *t.stride()) > _INT_MAX:
+        raise ValueError(f"gemm.mm: {name}'s sizes and strides must fit in 32 bits")
+
+
 def mm(
     a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, accumulate: bool = False
 ) -> torch.Tensor:
-    """a @ b for float32 CPU matrices, by the Haswell kernels on one thread; into `out` (whose
-    rows must be contiguous) when given, as torch.mm(a, b, out=out), or added to it with
-    `accumulate` (out.addmm_(a, b)).
+    """a @ b for float32 CPU matrices, by the Haswell kernels on one thread; into `out` when
+    given, as torch.mm(a, b, out=out), or added to it with `accumulate` (out.addmm_(a, b)).
+    `out`'s rows must be contiguous and apart (stride (>= n, 1)).
 
     A product with one row or one column is a matrix-vector product (sgemv: packing the matrix
     for sgemm would cost more than the product), and one with k = 1 is an outer product: each
     element is one rounded multiplication, which torch's mul gives as exactly.
     """
     lib = _library()
-    assert lib is not None, "gemm.mm needs gemm.available()"
+    if lib is None:
+        raise ValueError("gemm.mm: the Haswell kernels need an AVX2/FMA CPU (gemm.available())")
+    _check("a", a)
+    _check("b", b)
     (m, k), n = a.shape, b.size(1)
+    if b.size(0) != k:
+        raise ValueError(f"gemm.mm: shapes {tuple(a.shape)} and {tuple(b.shape)} do not fit")
     if out is None:
-        assert not accumulate
-        out = torch.empty(m, n, dtype=torch.float32)
+        out = torch.zeros(m, n) if accumulate else torch.empty(m, n)
+    _check("out", out)
+    if out.shape != (m, n) or out.stride(1) != 1 or (m > 1 and out.stride(0) < n):
+        raise ValueError(
+            f"gemm.mm: out must be {m} x {n} with contiguous rows apart, not "
+            f"{tuple(out.shape)} with strides {out.stride()}"
+        )
     beta = 1.0 if accumulate else 0.0
-    assert out.shape == (m, n) and out.dtype == torch.float32 and out.stride(1) == 1
-    assert max(m, n, k, *a.stride(), *b.stride(), out.stride(0)) <= _INT_MAX
     if m == 0 or n == 0:
         return out
     if k <= 1:
@@ -141,7 +159,7 @@ def mm(
         rows, cols = (m, k) if ta == _NO_TRANS else (k, m)
         lib.scipy_cblas_sgemv(
             _ROW_MAJOR, ta, rows, cols, 1.0, a.data_ptr(), lda, x.data_ptr(), incx, beta,
-            out.data_ptr(), max(1, out.stride(0)),
+            out.data_ptr(), out.stride(0) if m > 1 else 1,
         )  # fmt: skip
         return out
     if m == 1:  # out[0] = b.T @ a[0]

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from torchreg import cpu, gemm
 
@@ -44,6 +45,10 @@ R = TypeVar("R")
 @cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="torchreg")
+
+
+# A forked child has none of the pool's threads: it starts a pool of its own.
+os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
@@ -106,6 +111,7 @@ class _LinearFunction(torch.autograd.Function):
         return blocked_mm(x, weight.T, BLOCK_ROWS, bias)
 
     @staticmethod
+    @once_differentiable  # its products are not recorded: a second derivative is refused
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
@@ -125,9 +131,10 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
             cpu.current() == "portable"
-            and x.device.type == "cpu"
+            and x.device.type == self.weight.device.type == "cpu"
             and x.dim() == 2
             and self.bias is not None
+            and x.dtype == self.weight.dtype == self.bias.dtype
         ):
             least = MIN_GEMM_WORK if _mm(x) is gemm.mm else MIN_BLOCKED_WORK
             if x.numel() * self.out_features >= least:
