@@ -7,6 +7,7 @@ that the library is the one the bits depend on (Haswell kernels, one thread) or 
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 
@@ -21,34 +22,53 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def operand(rows: int, cols: int, transposed: bool, g: torch.Generator) -> torch.Tensor:
-    """A rows x cols matrix, stored as it is or as the transpose of a cols x rows one."""
-    if transposed:
+LAYOUTS = ("plain", "transposed", "rows apart", "columns apart", "one row repeated")
+
+
+def operand(rows: int, cols: int, layout: str, g: torch.Generator) -> torch.Tensor:
+    """A rows x cols matrix stored as `layout` says: contiguous, as the transpose of a
+    contiguous one, every other row or column of a larger one, or one row broadcast (stride 0)."""
+    if layout == "transposed":
         return torch.randn(cols, rows, generator=g).T
+    if layout == "rows apart":
+        return torch.randn(2 * rows, cols, generator=g)[::2]
+    if layout == "columns apart":
+        return torch.randn(rows, 2 * cols, generator=g)[:, ::2]
+    if layout == "one row repeated":
+        return torch.randn(1, cols, generator=g).expand(rows, cols)
     return torch.randn(rows, cols, generator=g)
 
 
-# One row or column (matrix-vector products), k of 0 and 1 (no product, an outer product),
-# and full products; each operand stored plain or transposed.
-@pytest.mark.parametrize("m,k,n", list(itertools.product([1, 2, 33], [0, 1, 3, 257], [1, 2, 130])))
-@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
-def test_it_is_the_product(m, k, n, ta, tb):
+# No rows or columns, one row or column (matrix-vector products), k of 0 and 1 (no product,
+# an outer product), and full products; each operand in each layout.
+@pytest.mark.parametrize(
+    "m,k,n", list(itertools.product([0, 1, 2, 33], [0, 1, 2, 257], [0, 1, 130]))
+)
+def test_it_is_the_product(m, k, n):
     g = torch.Generator().manual_seed(m * 1000 + k * 10 + n)
-    a, b = operand(m, k, ta, g), operand(k, n, tb, g)
-    exact = a.double() @ b.double()
-    tol = {"rtol": 1e-5, "atol": 1e-5 * (k + 1)}
-    torch.testing.assert_close(gemm.mm(a, b), exact.float(), **tol)
-    # Into the rows of a wider matrix, and added to what it holds.
-    wide = torch.randn(m, n + 3, generator=g)
-    before = wide[:, :n].clone()
-    gemm.mm(a, b, out=wide[:, :n], accumulate=True)
-    torch.testing.assert_close(wide[:, :n], (before.double() + exact).float(), **tol)
-    # Into rows that hold NaN (as torch.empty's memory may): overwritten, never added to; the
-    # columns beside them are left alone.
-    wide.fill_(float("nan"))
-    gemm.mm(a, b, out=wide[:, :n])
-    torch.testing.assert_close(wide[:, :n], exact.float(), **tol)
-    assert wide[:, n:].isnan().all()
+    for la, lb in itertools.product(LAYOUTS, repeat=2):
+        a, b = operand(m, k, la, g), operand(k, n, lb, g)
+        exact = a.double() @ b.double()
+        tol = {"rtol": 1e-5, "atol": 1e-5 * (k + 1), "msg": f"{la} a, {lb} b"}
+        torch.testing.assert_close(gemm.mm(a, b), exact.float(), **tol)
+        # Into the rows of a wider matrix, and added to what it holds.
+        wide = torch.randn(m, n + 3, generator=g)
+        before = wide[:, :n].clone()
+        gemm.mm(a, b, out=wide[:, :n], accumulate=True)
+        torch.testing.assert_close(wide[:, :n], (before.double() + exact).float(), **tol)
+        # Into rows that hold NaN (as torch.empty's memory may): overwritten, never added to;
+        # the columns beside them are left alone.
+        wide.fill_(float("nan"))
+        gemm.mm(a, b, out=wide[:, :n])
+        torch.testing.assert_close(wide[:, :n], exact.float(), **tol)
+        assert wide[:, n:].isnan().all()
+
+
+def test_one_row_may_have_any_row_stride():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1, 5, generator=g), torch.randn(5, 7, generator=g)
+    out = torch.empty(7).as_strided((1, 7), (1, 1))
+    torch.testing.assert_close(gemm.mm(a, b, out=out), a @ b)
 
 
 def test_it_runs_the_haswell_kernels_on_one_thread_and_leaves_the_environment_alone():
@@ -154,8 +174,27 @@ REFUSED = {
 }
 
 
+SAID = {
+    "float64 a": "a must be a 2-d float32 CPU tensor, not 2-d torch.float64 on cpu",
+    "half b": "b must be a 2-d float32 CPU tensor, not 2-d torch.float16 on cpu",
+    "3-d a": "a must be a 2-d float32 CPU tensor, not 3-d torch.float32 on cpu",
+    "k that does not fit": "shapes (4, 3) and (2, 4) do not fit",
+    "float64 out": "out must be a 2-d float32 CPU tensor, not 2-d torch.float64 on cpu",
+    "out of another shape": "out must be 4 x 4 with contiguous rows apart, not (4, 8) with",
+    "out's rows overlapping": "out must be 5 x 6 with contiguous rows apart, not (5, 6) with",
+    "out of one column, all one element": "out must be 5 x 1 with contiguous rows apart",
+    "out in columns": "out must be 4 x 5 with contiguous rows apart, not (4, 5) with",
+    "a past 32-bit sizes": "a's sizes and strides must fit in 32 bits",
+}
+
+
 @pytest.mark.parametrize("case", REFUSED)
 def test_what_it_cannot_compute_is_refused_before_any_call(case):
     a, b, out = (make() if make else None for make in REFUSED[case])
-    with pytest.raises(ValueError, match="^gemm.mm: "):
+    with pytest.raises(ValueError, match=f"^gemm.mm: {re.escape(SAID[case])}"):
         gemm.mm(a, b, out=out)
+
+
+def test_accumulating_needs_something_to_add_to():
+    with pytest.raises(ValueError, match="^gemm.mm: accumulate needs out"):
+        gemm.mm(torch.ones(2, 2), torch.ones(2, 2), accumulate=True)

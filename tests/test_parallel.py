@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,7 +17,7 @@ from support import ROOT, subprocess_env
 from torchreg import cpu
 
 
-def run_layer(pool_size: int, monkeypatch, dtype=torch.float32):
+def run_layer(pool_size: int, monkeypatch, dtype=torch.float32, rows: int = 5000):
     pool = ThreadPoolExecutor(pool_size)
     monkeypatch.setattr(parallel, "_pool", lambda: pool)
     monkeypatch.setattr(parallel, "THREADS", pool_size)
@@ -25,7 +26,7 @@ def run_layer(pool_size: int, monkeypatch, dtype=torch.float32):
     # Every product of this layer (forward, gradient for x, for the weight) is large enough to
     # be split into blocks.
     layer = parallel.Linear(64, 300).to(dtype)
-    x = torch.randn(5000, 64, generator=g, dtype=dtype, requires_grad=True)
+    x = torch.randn(rows, 64, generator=g, dtype=dtype, requires_grad=True)
     out = layer(x)
     (out * torch.randn(out.shape, generator=g, dtype=dtype)).sum().backward()
     return layer, x, out
@@ -44,14 +45,18 @@ def test_the_blocks_give_the_same_bits_on_any_number_of_threads(monkeypatch, dty
         assert torch.equal(layer.bias.grad, runs[0][0].bias.grad)
 
 
+# 5000 rows: every product in blocks; 600 rows: float32's products in one piece, by
+# torchreg.gemm (600 x 64 x 300 is between MIN_GEMM_WORK and MIN_BLOCKED_WORK).
+@pytest.mark.parametrize("rows", [5000, 600])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mode", ["portable", "native"])
-def test_it_is_nn_linear(monkeypatch, mode, dtype):
+def test_it_is_nn_linear(monkeypatch, mode, dtype, rows):
     """The same values and gradients as nn.Linear, in both modes, to rounding (float64's, or
     float32's against a float64 nn.Linear)."""
+    assert parallel.MIN_GEMM_WORK <= 600 * 64 * 300 < parallel.MIN_BLOCKED_WORK
     cpu.use(mode)
     try:
-        layer, x, out = run_layer(2, monkeypatch, dtype)
+        layer, x, out = run_layer(2, monkeypatch, dtype, rows)
     finally:
         cpu.use("portable")
     plain = nn.Linear(64, 300).to(torch.float64)
@@ -59,7 +64,7 @@ def test_it_is_nn_linear(monkeypatch, mode, dtype):
     x2 = x.detach().double().requires_grad_()
     out2 = plain(x2)
     g = torch.Generator().manual_seed(0)
-    torch.randn(5000, 64, generator=g, dtype=dtype)  # the draw run_layer made for x
+    torch.randn(rows, 64, generator=g, dtype=dtype)  # the draw run_layer made for x
     (out2 * torch.randn(out2.shape, generator=g, dtype=dtype).double()).sum().backward()
     tol = 1e-12 if dtype == torch.float64 else 2e-4
     for got, want in [
@@ -69,6 +74,15 @@ def test_it_is_nn_linear(monkeypatch, mode, dtype):
         (layer.bias.grad, plain.bias.grad),
     ]:
         torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+
+
+def test_the_blocks_run_on_every_thread_each_once(monkeypatch):
+    monkeypatch.setattr(parallel, "_pool", lambda: ThreadPoolExecutor(3))
+    monkeypatch.setattr(parallel, "THREADS", 3)
+    seen = []
+    parallel.for_each(lambda i: seen.append((i, threading.current_thread().name)), range(7))
+    assert sorted(i for i, _ in seen) == list(range(7))
+    assert len({name for _, name in seen}) == 3
 
 
 def test_which_batches_take_the_blocks(monkeypatch):

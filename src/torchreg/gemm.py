@@ -140,7 +140,9 @@ def mm(
     if b.size(0) != k:
         raise ValueError(f"gemm.mm: shapes {tuple(a.shape)} and {tuple(b.shape)} do not fit")
     if out is None:
-        out = torch.zeros(m, n) if accumulate else torch.empty(m, n)
+        if accumulate:
+            raise ValueError("gemm.mm: accumulate needs out, the matrix to add the product to")
+        out = torch.empty(m, n)
     _check("out", out)
     if out.shape != (m, n) or out.stride(1) != 1 or (m > 1 and out.stride(0) < n):
         raise ValueError(

@@ -39,7 +39,6 @@ MIN_GEMM_WORK = 2**21
 # Threads that compute the blocks: one per core (the bits do not depend on it).
 THREADS = os.cpu_count() or 1
 T = TypeVar("T")
-R = TypeVar("R")
 
 
 @cache
@@ -51,26 +50,28 @@ def _pool() -> ThreadPoolExecutor:
 os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """fn over items, on every core, results in the items' order: each core takes a share of
-    consecutive items, the calling thread the first. Each thread computes in the caller's grad
-    and inference modes (torch keeps them per thread)."""
+def for_each(fn: Callable[[T], object], items: Iterable[T]) -> None:
+    """fn(item) for every item, on every core: each thread takes a share of consecutive items,
+    the calling thread the first. Each thread computes in the caller's grad and inference
+    modes (torch keeps them per thread)."""
     items = list(items)
     shares = min(len(items), THREADS)
     if shares < 2:
-        return [fn(item) for item in items]
+        for item in items:
+            fn(item)
+        return
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     bounds = [i * len(items) // shares for i in range(shares + 1)]
 
-    def share(i: int) -> list[R]:
+    def share(i: int) -> None:
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            return [fn(item) for item in items[bounds[i] : bounds[i + 1]]]
+            for item in items[bounds[i] : bounds[i + 1]]:
+                fn(item)
 
     others = [_pool().submit(share, i) for i in range(1, shares)]
-    results = share(0)
+    share(0)
     for future in others:
-        results += future.result()
-    return results
+        future.result()
 
 
 def _mm(t: torch.Tensor) -> Callable[..., torch.Tensor]:
@@ -97,7 +98,7 @@ def blocked_mm(a: torch.Tensor, b: torch.Tensor, rows: int, bias: torch.Tensor |
         mm(a[part], b, out=out[part], accumulate=bias is not None)
 
     with torch.no_grad():
-        ordered_map(block, range(0, len(a), rows))
+        for_each(block, range(0, len(a), rows))
     return out
 
 
