@@ -76,13 +76,15 @@ def test_it_is_nn_linear(monkeypatch, mode, dtype, rows):
         torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
 
 
-def test_the_blocks_run_on_every_thread_each_once(monkeypatch):
-    monkeypatch.setattr(parallel, "_pool", lambda: ThreadPoolExecutor(3))
-    monkeypatch.setattr(parallel, "THREADS", 3)
+@pytest.mark.parametrize("threads", [2, 3])
+def test_the_blocks_run_on_every_thread_each_once(monkeypatch, threads):
+    pool = ThreadPoolExecutor(threads)
+    monkeypatch.setattr(parallel, "_pool", lambda: pool)
+    monkeypatch.setattr(parallel, "THREADS", threads)
     seen = []
     parallel.for_each(lambda i: seen.append((i, threading.current_thread().name)), range(7))
     assert sorted(i for i, _ in seen) == list(range(7))
-    assert len({name for _, name in seen}) == 3
+    assert len({name for _, name in seen}) == threads
 
 
 def test_which_batches_take_the_blocks(monkeypatch):
