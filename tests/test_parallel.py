@@ -81,8 +81,20 @@ def test_the_blocks_run_on_every_thread_each_once(monkeypatch, threads):
     pool = ThreadPoolExecutor(threads)
     monkeypatch.setattr(parallel, "_pool", lambda: pool)
     monkeypatch.setattr(parallel, "THREADS", threads)
-    seen = []
-    parallel.for_each(lambda i: seen.append((i, threading.current_thread().name)), range(7))
+    # The first item of each share waits until every share has started: run one after the
+    # other, they would wait in vain (10 s, then BrokenBarrierError).
+    starts, barrier, seen = (
+        {s * 7 // threads for s in range(threads)},
+        threading.Barrier(threads),
+        [],
+    )
+
+    def note(i: int) -> None:
+        if i in starts:
+            barrier.wait(timeout=10)
+        seen.append((i, threading.current_thread().name))
+
+    parallel.for_each(note, range(7))
     assert sorted(i for i, _ in seen) == list(range(7))
     assert len({name for _, name in seen}) == threads
 
