@@ -10,7 +10,9 @@
 Torch picks its kernels by the CPU it finds, and three of those choices change bits:
 - MKL (matrix products) has code paths per instruction set and vendor that round differently;
   `MKL_CBWR=COMPATIBLE` takes the one path every x86-64 CPU runs alike (its AVX2 path is the
-  same only across Intel CPUs: an AMD CPU takes another one and gives other bits);
+  same only across Intel CPUs: an AMD CPU takes another one and gives other bits). It is also
+  MKL's slowest, so on the v3 family the mlp's large products go to OpenBLAS's Haswell kernels
+  instead (torchreg.gemm, torchreg.parallel);
 - ATen's own kernels (sums, activations, the optimizers) are compiled per instruction set and
   sum or round differently in each; `ATEN_CPU_CAPABILITY` pins one (avx2 on v3, else default);
 - a reduction split across threads adds its partial sums in an order set by the thread count,

@@ -8,7 +8,7 @@ stage checks, before any work, that the record is true here, and refuses in one 
 After changing the environment (`./run.sh lock`, a new machine), record it with
 
     python -m torchreg.environment          # writes environment.yaml
-    python -m torchreg.environment --check  # says whether it is true here (exit 2 if not)
+    python -m torchreg.environment --check  # says whether it is true here (exit 1 if not)
 
 This module must not import torch (the plot stage does not use torch).
 """

@@ -1,9 +1,9 @@
 """Matrix products with the same bits on every x86-64-v3 CPU, at AVX2/FMA speed.
 
-MKL's only vendor-neutral code path (`MKL_CBWR=COMPATIBLE`) is its slowest: about 7x its native
-speed on a wide product. OpenBLAS's Haswell kernels run on every CPU with AVX2 and FMA (Intel
-since Haswell, AMD since Zen) and are the same instructions on each: FMA rounds exactly, so
-they give the same bits everywhere, provided that
+MKL's only vendor-neutral code path (`MKL_CBWR=COMPATIBLE`) is its slowest: about 7x the time of
+its native path on all cores for a wide product. OpenBLAS's Haswell kernels run on every CPU
+with AVX2 and FMA (Intel since Haswell, AMD since Zen) and are the same instructions on each:
+FMA rounds exactly, so they give the same bits everywhere, provided that
 - the kernel is chosen by name, not by the CPU (`OPENBLAS_CORETYPE=Haswell`, read when the
   library loads: OpenBLAS would pick SkylakeX kernels on an AVX-512 CPU, which round otherwise);
 - one thread computes each product (OpenBLAS splits the sum over K by its thread count), and

@@ -7,9 +7,10 @@ small to pay for the hand-over is one block), each block is one single-threaded 
 writes its own rows of the result, and the sum over k is never split: any number of threads,
 one core or sixteen, computes exactly the same blocks the same way. The threads only decide when.
 
-`Linear` is nn.Linear (same parameters, same state dict) whose products go this way: on the
-x86-64-v3 family every float32 product, by OpenBLAS's Haswell kernels (torchreg.gemm: several
-times faster than MKL's vendor-neutral path); elsewhere the large ones, by torch.
+`Linear` is nn.Linear (same parameters, same state dict) whose large products go this way: on
+the x86-64-v3 family float32 products of MIN_GEMM_WORK multiply-adds and more, by OpenBLAS's
+Haswell kernels (torchreg.gemm: about 2.5x MKL's vendor-neutral path on one core, before the
+blocks); elsewhere products of MIN_BLOCKED_WORK and more, by torch.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from torchreg import cpu, gemm
+from torchreg.budget import usable_cpus
 
 # Rows per block: large enough that one block keeps a core busy for well over the cost of
-# handing it to a thread (tens of microseconds), small enough to give every core work.
+# handing it to a thread (about 100 us here), small enough to give every core work.
 BLOCK_ROWS = 1024
 # Output features per block of a weight gradient (its rows): the same reasoning.
 BLOCK_FEATURES = 64
@@ -36,8 +38,9 @@ MIN_BLOCKED_WORK = 2**26
 # Multiply-adds of a layer's product from which OpenBLAS's Haswell kernels beat MKL's portable
 # path once the cost of calling them is counted (measured: about even at 2**21).
 MIN_GEMM_WORK = 2**21
-# Threads that compute the blocks: one per core (the bits do not depend on it).
-THREADS = os.cpu_count() or 1
+# Threads that compute the blocks: one per core this process may use (the bits do not depend
+# on it).
+THREADS = usable_cpus()
 T = TypeVar("T")
 
 
