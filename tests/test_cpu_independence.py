@@ -116,10 +116,12 @@ needs_qemu = pytest.mark.skipif(
 
 
 def emulated(cpu: str | None, args: list[str], **forced: str) -> subprocess.Popen:
-    """A Python process of this venv, under an emulated `cpu` (None: this CPU)."""
+    """A Python process of this venv, under an emulated `cpu` (None: this CPU). Niced: five of
+    them run at once for minutes, and the slow tier's other worker runs DVC queue workers whose
+    own timeouts must not starve."""
     prefix = [] if cpu is None else [QEMU or "qemu-x86_64", "-cpu", cpu]
     return subprocess.Popen(
-        [*prefix, sys.executable, *args],
+        ["nice", "-n", "10", *prefix, sys.executable, *args],
         env=subprocess_env(ROOT / "src", drop=KNOBS, **forced),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
