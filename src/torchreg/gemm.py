@@ -66,28 +66,12 @@ def _library() -> ctypes.CDLL | None:
             "anything else loads scipy-openblas32, or use compute.cpu: native)"
         )
     lib.scipy_openblas_set_num_threads(1)  # also where it was loaded before, with more
-    lib.scipy_cblas_sgemm.restype = None
-    lib.scipy_cblas_sgemm.argtypes = [ctypes.c_int] * 6 + [
-        ctypes.c_float,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_float,
-        ctypes.c_void_p,
-        ctypes.c_int,
-    ]
-    lib.scipy_cblas_sgemv.restype = None
-    lib.scipy_cblas_sgemv.argtypes = [ctypes.c_int] * 4 + [
-        ctypes.c_float,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_float,
-        ctypes.c_void_p,
-        ctypes.c_int,
-    ]
+    # Both calls end alike: alpha, A, lda, B or x, ldb or incx, beta, C or y, ldc or incy.
+    tail = [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    tail += [ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
+    for name, flags_and_sizes in (("scipy_cblas_sgemm", 6), ("scipy_cblas_sgemv", 4)):
+        getattr(lib, name).restype = None
+        getattr(lib, name).argtypes = [ctypes.c_int] * flags_and_sizes + tail
     return lib
 
 

@@ -140,7 +140,8 @@ class Linear(nn.Linear):
             and self.bias is not None
             and x.dtype == self.weight.dtype == self.bias.dtype
         ):
-            least = MIN_GEMM_WORK if _mm(x) is gemm.mm else MIN_BLOCKED_WORK
-            if x.numel() * self.out_features >= least:
+            # The size first: a small layer never loads the OpenBLAS library.
+            work = x.numel() * self.out_features
+            if work >= MIN_BLOCKED_WORK or (work >= MIN_GEMM_WORK and _mm(x) is gemm.mm):
                 return _LinearFunction.apply(x, self.weight, self.bias)
         return super().forward(x)
