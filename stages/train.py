@@ -26,7 +26,7 @@ from pathlib import Path
 
 from torchreg import cpu, environment
 from torchreg.budget import check_memory, check_processes, train_bytes
-from torchreg.checkpoint import DEFAULT_PATH, Checkpoints
+from torchreg.checkpoint import DEFAULT_PATH, Checkpoints, RunKey
 from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
@@ -37,6 +37,7 @@ from torchreg.tracking import LiveLog, Progress
 from torchreg.training import Windows, fit, seeded
 
 log = logging.getLogger("train")
+DVC_FILE = Path(__file__).resolve().parents[1] / "dvc.yaml"  # this stage's inputs
 
 
 def run(
@@ -45,10 +46,10 @@ def run(
     data_path: Path,
     model_path: Path,
     live_dir: Path,
-    checkpoint_path: Path | None = None,
+    checkpoint: tuple[Path, RunKey] | None = None,
 ) -> list[float]:
-    """Train and write the model and its log; with `checkpoint_path`, save the training state
-    there as it goes and resume from it when it belongs to this very run."""
+    """Train and write the model and its log; with `checkpoint` (a path and the run's key),
+    save the training state there as it goes and resume from it when it has the same key."""
     cfg = params.train
     if ctx.is_writer:
         check_outputs(model_path, live_dir)
@@ -56,8 +57,9 @@ def run(
     model = build_model(params.model, data.n_features, cfg.init_std, seeded(cfg.seed, "init"))
     model.to(ctx.device)
     checkpoints, resume = None, None
-    if checkpoint_path is not None:
-        checkpoints = Checkpoints(checkpoint_path, params, data_path, Path(__file__), ctx.is_writer)
+    if checkpoint is not None:
+        checkpoint_path, key = checkpoint
+        checkpoints = Checkpoints(checkpoint_path, key, cfg.checkpoint_every_s, ctx.is_writer)
         record = checkpoints.load()
         resume = None if record is None else record["state"]
     if not ctx.is_writer:
@@ -78,7 +80,7 @@ def run(
     )
     done = [] if resume is None else resume["history"].tolist()
     if done:
-        log.info("resuming after epoch %d of %d from %s", len(done), cfg.epochs, checkpoint_path)
+        log.info("resuming after epoch %d of %d from %s", len(done), cfg.epochs, checkpoints.path)
     progress = Progress(cfg.epochs, len(done))
     with LiveLog(live_dir, done) as live, contextlib.closing(progress):
         history = fit(
@@ -157,8 +159,15 @@ def main(argv: list[str] | None = None) -> None:
         if params.train.nproc > 1 and not under_torchrun():
             launch(params.train.nproc, __file__, sys.argv[1:] if argv is None else argv)
             return
+        # Keyed to every input this stage's entry in dvc.yaml lists, the data as this run reads it.
+        checkpoint = None
+        if DVC_FILE.exists():
+            given = {parser.get_default("data").as_posix(): args.data}
+            checkpoint = args.checkpoint, RunKey.of_stage("train", params, DVC_FILE, given)
+        else:
+            log.info("no %s beside the stages: no checkpoints (nothing to key them to)", DVC_FILE)
         with joined(params.train.device) as ctx:
-            run(params, ctx, args.data, args.model, args.live_dir, args.checkpoint)
+            run(params, ctx, args.data, args.model, args.live_dir, checkpoint)
 
     run_main("train", body)
 

@@ -1,19 +1,23 @@
 """The training state round trip: a run stopped after any epoch and resumed from its checkpoint
 ends with the same weights and losses, bit for bit, as one that never stopped; a checkpoint of
-another run (params, data, code) or a damaged one is ignored, and none is ever unpickled."""
+another run (any input dvc.yaml lists for the train stage: a param, an environment key, a code
+or data file) or a damaged one is ignored, and none is ever unpickled."""
 
 import hashlib
 import io
 import logging
 import pickle
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from support import Payload
-from torchreg.checkpoint import Checkpoints
+from support import ROOT, Payload
+from torchreg.checkpoint import Checkpoints, RunKey, read_stage
+from torchreg.config import parse_params, read_params_file
 from torchreg.data import make_block
+from torchreg.environment import found
 from torchreg.model import build_model
 from torchreg.training import fit, seeded
 
@@ -33,6 +37,18 @@ def with_changes(params, model=None, **train):
             ),
         }
     )
+
+
+def key(params, data_path, script=None, stage_file="data/train.npy"):
+    """The train stage's key as dvc.yaml lists it, its data read from `data_path`."""
+    given = {"data/train.npy": data_path}
+    if script is not None:
+        given["stages/train.py"] = script
+    return RunKey.of_stage("train", params, ROOT / "dvc.yaml", given)
+
+
+def checkpoints(path, params, data_path, script=None):
+    return Checkpoints(path, key(params, data_path, script))
 
 
 @pytest.fixture
@@ -76,10 +92,10 @@ def test_resumed_run_is_bit_identical(params, data, tmp_path, case, stop_after):
     params = with_changes(params, model, **changes)
     rows, path = data
     weights, history = train(params, rows)
-    checkpoints = Checkpoints(tmp_path / "ckpt", params, path)
+    saving = checkpoints(tmp_path / "ckpt", params, path)
     with pytest.raises(Stop):
-        train(params, rows, checkpoints, stop_after=stop_after + 1)
-    record = Checkpoints(tmp_path / "ckpt", params, path).load()
+        train(params, rows, saving, stop_after=stop_after + 1)
+    record = checkpoints(tmp_path / "ckpt", params, path).load()
     assert record["epoch"] == stop_after
     resumed_weights, resumed_history = train(params, rows, resume=record["state"])
     assert resumed_history == history
@@ -93,27 +109,27 @@ def saved(params, data, tmp_path):
     params = with_changes(params)
     rows, path = data
     with pytest.raises(Stop):
-        train(params, rows, Checkpoints(tmp_path / "ckpt", params, path), stop_after=3)
+        train(params, rows, checkpoints(tmp_path / "ckpt", params, path), stop_after=3)
     return params, path, tmp_path / "ckpt"
 
 
-def ignored(caplog, checkpoints) -> str:
+def ignored(caplog, loader) -> str:
     with caplog.at_level(logging.INFO, logger="torchreg.checkpoint"):
-        assert checkpoints.load() is None
+        assert loader.load() is None
     (line,) = [r.getMessage() for r in caplog.records]
-    assert line.startswith(f"ignoring the checkpoint {checkpoints.path}: ")
+    assert line.startswith(f"ignoring the checkpoint {loader.path}: ")
     assert line.endswith("; training from scratch")
     return line
 
 
 def test_same_run_loads(saved):
     params, path, ckpt = saved
-    assert Checkpoints(ckpt, params, path).load()["epoch"] == 2
+    assert checkpoints(ckpt, params, path).load()["epoch"] == 2
     # The interval says when to save, not what is trained: a checkpoint survives its change.
     other = params.model_copy(
         update={"train": params.train.model_copy(update={"checkpoint_every_s": 30})}
     )
-    assert Checkpoints(ckpt, other, path).load()["epoch"] == 2
+    assert checkpoints(ckpt, other, path).load()["epoch"] == 2
 
 
 @pytest.mark.parametrize(
@@ -127,7 +143,7 @@ def test_same_run_loads(saved):
 def test_another_params_checkpoint_is_ignored(caplog, saved, model, train, expected):
     params, path, ckpt = saved
     assert expected in ignored(
-        caplog, Checkpoints(ckpt, with_changes(params, model, **train), path)
+        caplog, checkpoints(ckpt, with_changes(params, model, **train), path)
     )
 
 
@@ -136,17 +152,19 @@ def test_other_data_is_ignored(caplog, saved):
     rows = np.load(path)
     rows[3, 0] += 1
     np.save(path, rows)
-    assert "the training data changed" in ignored(caplog, Checkpoints(ckpt, params, path))
+    line = ignored(caplog, checkpoints(ckpt, params, path))
+    assert f"data/train.npy changed (read from {path})" in line
 
 
 def test_other_code_is_ignored(caplog, saved, tmp_path):
     params, path, ckpt = saved
     script = tmp_path / "train.py"
     script.write_text("# the stage\n")
-    Checkpoints(ckpt, params, path, script).save({"x": torch.zeros(1)}, 2)
-    assert Checkpoints(ckpt, params, path, script).load() is not None
+    checkpoints(ckpt, params, path, script).save({"x": torch.zeros(1)}, 2)
+    assert checkpoints(ckpt, params, path, script).load() is not None
     script.write_text("# the stage, edited\n")
-    assert "the training code changed" in ignored(caplog, Checkpoints(ckpt, params, path, script))
+    line = ignored(caplog, checkpoints(ckpt, params, path, script))
+    assert f"stages/train.py changed (read from {script})" in line
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "empty", "directory"])
@@ -162,7 +180,7 @@ def test_damaged_checkpoint_is_ignored(caplog, saved, damage):
     else:
         ckpt.unlink()
         ckpt.mkdir()
-    line = ignored(caplog, Checkpoints(ckpt, params, path))
+    line = ignored(caplog, checkpoints(ckpt, params, path))
     assert "truncated or corrupt" in line or "cannot be read" in line
 
 
@@ -175,7 +193,7 @@ def test_a_checkpoint_carrying_code_is_never_run(caplog, saved, tmp_path):
     torch.save({"format": 1, "state": Payload(str(marker))}, buffer, pickle_protocol=2)
     payload = buffer.getvalue()
     ckpt.write_bytes(hashlib.sha256(payload).digest() + payload)
-    assert "not a checkpoint file" in ignored(caplog, Checkpoints(ckpt, params, path))
+    assert "not a checkpoint file" in ignored(caplog, checkpoints(ckpt, params, path))
     assert not marker.exists()
     pickle.loads(pickle.dumps(Payload(str(marker))))  # the payload does run when unpickled
     assert marker.exists()
@@ -185,7 +203,7 @@ def test_remove_takes_leftovers_too(saved):
     params, path, ckpt = saved
     leftover = ckpt.parent / f".{ckpt.name}.abc.tmp"  # a write killed half-way
     leftover.write_bytes(b"half")
-    Checkpoints(ckpt, params, path).remove()
+    checkpoints(ckpt, params, path).remove()
     assert not ckpt.exists() and not leftover.exists()
 
 
@@ -193,11 +211,11 @@ def test_remove_takes_leftovers_too(saved):
     "record",
     [
         {},
-        {"params": [1]},
-        {"params": {1: 2}},
-        {"params": "real", "data": "real", "code": "real"},  # no epoch, no state
+        {"key": [1]},
+        {"key": {"params": {}, "files": []}},
+        {"key": "real"},  # no epoch, no state
     ],
-    ids=["format-only", "params-a-list", "params-keyed-by-int", "no-state"],
+    ids=["format-only", "key-a-list", "files-a-list", "no-state"],
 )
 def test_a_record_with_a_valid_digest_but_missing_parts_is_ignored(caplog, saved, record):
     params, path, ckpt = saved
@@ -207,4 +225,102 @@ def test_a_record_with_a_valid_digest_but_missing_parts_is_ignored(caplog, saved
     torch.save({"format": real["format"], **record}, buffer)
     payload = buffer.getvalue()
     ckpt.write_bytes(hashlib.sha256(payload).digest() + payload)
-    assert "its record is incomplete" in ignored(caplog, Checkpoints(ckpt, params, path))
+    assert "its record is incomplete" in ignored(caplog, checkpoints(ckpt, params, path))
+
+
+# What dvc.yaml lists for the train stage, read here without RunKey: each input, changed
+# alone, must make a saved checkpoint be ignored with a line that names it.
+TRAIN = read_stage(ROOT / "dvc.yaml", "train")
+PARAM_ENTRIES = [e for e in TRAIN["params"] if isinstance(e, str)]
+ENVIRONMENT_KEYS = [
+    f"{file}:{k}"
+    for e in TRAIN["params"]
+    if isinstance(e, dict)
+    for file, ks in e.items()
+    for k in ks
+]
+DEPS = [d for d in TRAIN["deps"] if isinstance(d, str)]
+
+
+def param_leaves(params):
+    dumped = params.model_dump()
+    leaves = []
+    for entry in PARAM_ENTRIES:
+        section, *field = entry.split(".")
+        names = field or list(dumped[section])
+        leaves += [f"{section}.{name}" for name in names]
+    return leaves
+
+
+def with_leaf_changed(params, leaf):
+    section, name = leaf.split(".")
+    old = getattr(getattr(params, section), name)
+    info = type(getattr(params, section)).model_fields[name]
+    allowed = getattr(info.annotation, "__args__", ())
+    if isinstance(old, str):
+        new = next(v for v in allowed if v != old)  # another value of its Literal
+    elif isinstance(old, tuple):
+        new = (*old, 7)
+    else:
+        new = old + 1
+    part = getattr(params, section).model_copy(update={name: new})
+    return params.model_copy(update={section: part})
+
+
+def test_the_key_holds_every_input_dvc_yaml_lists(params, data):
+    _, path = data
+    run_key = key(params, path)
+    assert set(run_key.files) == set(DEPS)
+    assert {k for k in run_key.values if ":" in k} == set(ENVIRONMENT_KEYS)
+    assert {k for k in run_key.values if ":" not in k} == set(param_leaves(params)) - {
+        "train.checkpoint_every_s"
+    }
+    assert "compute.cpu" in run_key.values and "environment.yaml:cpu" in run_key.values
+
+
+@pytest.fixture
+def saved_state(params, data, tmp_path):
+    _, path = data
+    ckpt = tmp_path / "ckpt"
+    Checkpoints(ckpt, key(params, path)).save({"x": torch.zeros(1)}, 2)
+    assert Checkpoints(ckpt, key(params, path)).load()["epoch"] == 2
+    return ckpt, path
+
+
+@pytest.mark.parametrize("leaf", param_leaves(parse_params(read_params_file(ROOT / "params.yaml"))))
+def test_each_param_changed_alone_is_named(caplog, params, saved_state, leaf):
+    ckpt, path = saved_state
+    other = Checkpoints(ckpt, key(with_leaf_changed(params, leaf), path))
+    if leaf == "train.checkpoint_every_s":  # when to save, not what is trained
+        assert other.load()["epoch"] == 2
+        return
+    assert f": {leaf} changed (" in ignored(caplog, other)
+
+
+@pytest.mark.parametrize("name", ENVIRONMENT_KEYS)
+def test_each_environment_key_changed_alone_is_named(
+    caplog, monkeypatch, params, saved_state, name
+):
+    ckpt, path = saved_state
+    here = found()
+    k = name.split(":")[1]
+    monkeypatch.setattr("torchreg.checkpoint.found", lambda: {**here, k: f"{here[k]}-other"})
+    assert f": {name} changed (" in ignored(caplog, Checkpoints(ckpt, key(params, path)))
+
+
+@pytest.mark.parametrize("dep", DEPS)
+def test_each_dep_changed_alone_is_named(caplog, params, tmp_path, dep):
+    root = tmp_path / "repo"
+    for name in ["dvc.yaml", *DEPS]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        source = ROOT / name
+        if source.exists():
+            shutil.copyfile(source, root / name)
+        else:  # an output of another stage: stands in with any bytes
+            (root / name).write_bytes(b"stand-in")
+    ckpt = tmp_path / "ckpt"
+    Checkpoints(ckpt, RunKey.of_stage("train", params, root / "dvc.yaml")).save({"x": 1}, 2)
+    with (root / dep).open("ab") as f:
+        f.write(b"\n")
+    again = Checkpoints(ckpt, RunKey.of_stage("train", params, root / "dvc.yaml"))
+    assert ignored(caplog, again).endswith(f": {dep} changed; training from scratch")

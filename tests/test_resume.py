@@ -174,3 +174,21 @@ def test_dvc_repro_and_exp_run_resume_to_the_same_outputs(built, tmp_path):
     differ = [n for n in OUTPUTS if (repo / n).read_bytes() != (built / n).read_bytes()]
     assert not differ, f"killed after epoch {a}, then writing epoch {b} (seed {SEED}): {differ}"
     assert "checkpoints" not in run(["git", "status", "--porcelain"], repo).stdout
+
+
+def test_a_checkpoint_of_another_cpu_mode_is_not_resumed(workdir, tmp_path):
+    """Killed under compute.cpu: native, run again under portable: the checkpoint is ignored
+    with a line naming compute.cpu, and the model is portable's uninterrupted one."""
+    folder = tmp_path / "linear-sgd"
+    shutil.copytree(workdir / "linear-sgd-mae-constant-none", folder, ignore=lambda *_: ["plain"])
+    (folder.parent / "data").symlink_to(workdir / "data")
+    set_params(folder, compute__cpu="native")
+    assert train(folder, "resumed", "epoch:4").returncode == -signal.SIGKILL
+    assert (folder / "checkpoints/train.ckpt").exists()
+    set_params(folder, compute__cpu="portable")
+    result = train(folder, "resumed")
+    assert result.returncode == 0, result.stderr
+    assert "compute.cpu changed (native -> portable); training from scratch" in result.stderr
+    assert "resuming" not in result.stderr
+    plain = digests(workdir / "linear-sgd-mae-constant-none" / "plain")
+    assert digests(folder / "resumed") == plain

@@ -4,8 +4,10 @@ killed run resumes where it stopped and ends with the same bytes as a run that n
 A checkpoint holds the step's state (weights, optimizer, lr scheduler, the weight average), the
 shuffle generator, the next epoch, the loss of every epoch so far (what DVCLive has logged, to
 write again) and the divergence yardstick. It is used only by exactly the same run: it carries
-the params train reads, the training data's hash and the training code's hash, and a checkpoint
-that differs in any of them is ignored with a line saying why.
+the run's key, every input the train stage's output depends on as dvc.yaml lists it (the values
+of its params and of its environment.yaml keys, the hash of each of its deps: code and data),
+and a checkpoint whose key differs in any of them is ignored with a line naming the first.
+Because the key is read from dvc.yaml, a dep or param added to the stage there is keyed too.
 
 The file is a sha256 of the rest, then a `torch.save` archive of tensors and plain containers,
 read back with `torch.load(weights_only=True)`: never an arbitrary pickle. A truncated or
@@ -20,22 +22,24 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import torchreg
-from torchreg.config import Params
+from torchreg.config import Params, read_params_file
+from torchreg.environment import found
+from torchreg.errors import ConfigError
 from torchreg.files import atomic_path, open_input, remove_stale_temps
 from torchreg.stage import LAUNCHER_ENV
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: keyed by the stage's inputs as dvc.yaml lists them
 DEFAULT_PATH = Path("checkpoints/train.ckpt")
 # Params that change when checkpoints are written, never what is trained: not in the key.
-NOT_KEYED = ("checkpoint_every_s",)
+NOT_KEYED = ("train.checkpoint_every_s",)
 # Fault injection for the resume tests: "epoch:N" (after epoch N's log, before its checkpoint)
 # or "write:N" (half-way through writing the checkpoint after epoch N). The process then
 # SIGKILLs itself (and the stage process that launched it, under train.nproc > 1): a real
@@ -48,22 +52,97 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def code_digest(script: Path | None) -> str:
-    """The training code: every module of the package, the stage script and torch's version."""
-    digest = hashlib.sha256(torch.__version__.encode())
-    package = Path(torchreg.__file__).parent
-    for path in sorted(package.glob("*.py")) + ([script] if script else []):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+def _digest_or_absent(path: Path) -> str:
+    """A dep's hash; "absent" for one a stage run by hand does not have (metrics/params.ok)."""
+    try:
+        return file_digest(path)
+    except FileNotFoundError:
+        return "absent"
 
 
-def keyed_params(params: Params) -> dict[str, Any]:
-    train = params.train.model_dump(mode="json", exclude=set(NOT_KEYED))
-    model = params.model.model_dump(mode="json")
-    return {
-        **{f"model.{k}": v for k, v in model.items()},
-        **{f"train.{k}": v for k, v in train.items()},
-    }
+def read_stage(dvc_file: Path, stage: str) -> dict[str, Any]:
+    """A stage's entry in dvc.yaml (its deps, params, outs), read as DVC reads YAML."""
+    stages = read_params_file(dvc_file).get("stages")
+    if not isinstance(stages, dict) or not isinstance(stages.get(stage), dict):
+        raise ConfigError(f"{dvc_file}: no stage {stage!r} among its stages")
+    return stages[stage]
+
+
+def _leaves(value: Any, name: str) -> dict[str, Any]:
+    """A params section as dotted keys (`model.kind`, ...); a scalar or a list as itself."""
+    if isinstance(value, dict):
+        return {
+            k: v for key, sub in value.items() for k, v in _leaves(sub, f"{name}.{key}").items()
+        }
+    return {name: value}
+
+
+@dataclass
+class RunKey:
+    """What a stage's output depends on, as its entry in dvc.yaml lists it: each param's value
+    (params.yaml's by dotted key, another file's as `file:key`) and each dep file, hashed when
+    first needed (hashing the data costs time, and most runs never resume)."""
+
+    values: dict[str, Any]
+    files: dict[str, Path]
+    root: Path = Path()  # where dvc.yaml is: a dep read from elsewhere is named with its path
+    _digests: dict[str, str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def of_stage(
+        cls,
+        stage: str,
+        params: Params,
+        dvc_file: Path,
+        given: dict[str, Path] | None = None,
+        environment: dict[str, str] | None = None,
+    ) -> RunKey:
+        """The key of `stage` as `dvc_file` declares it. `given` maps a dep to the file the run
+        really reads (a stage started with `--data other.npy`). The environment.yaml keys take
+        what this machine has (`environment`, by default torchreg.environment.found()): that,
+        not the record, is what the bytes depend on."""
+        spec = read_stage(dvc_file, stage)
+        environment = found() if environment is None else environment
+        dumped = params.model_dump(mode="json")
+        values: dict[str, Any] = {}
+        for entry in spec.get("params") or []:
+            if isinstance(entry, str):
+                value: Any = dumped
+                for part in entry.split("."):
+                    value = value[part]
+                values.update(_leaves(value, entry))
+            else:
+                for file, keys in entry.items():
+                    values.update({f"{file}:{k}": environment.get(k) for k in keys})
+        for name in NOT_KEYED:
+            values.pop(name, None)
+        given = given or {}
+        deps = [d for d in spec.get("deps") or [] if isinstance(d, str)]
+        root = dvc_file.parent
+        return cls(values, {d: given.get(d, root / d) for d in deps}, root)
+
+    @property
+    def digests(self) -> dict[str, str]:
+        if self._digests is None:
+            self._digests = {name: _digest_or_absent(path) for name, path in self.files.items()}
+        return self._digests
+
+    def record(self) -> dict[str, Any]:
+        return {"params": self.values, "files": self.digests}
+
+    def first_change(self, saved: dict[str, Any]) -> str | None:
+        """The first input that differs between this key and a saved one, in a phrase."""
+        was, now = saved["params"], self.values
+        for name in sorted({*was, *now}):
+            if was.get(name) != now.get(name):
+                return f"{name} changed ({was.get(name)} -> {now.get(name)})"
+        was, now = saved["files"], self.digests
+        for name in sorted({*was, *now}):
+            if was.get(name) != now.get(name):
+                read = self.files.get(name, self.root / name)
+                where = "" if read == self.root / name else f" (read from {read})"
+                return f"{name} changed{where}"
+        return None
 
 
 def kill_point(point: str, epoch: int) -> None:
@@ -80,26 +159,9 @@ class Checkpoints:
     """One run's checkpoint file: what it must match, when the next one is due, saving,
     loading and removing it. Only the writing process saves or removes; every process loads."""
 
-    def __init__(
-        self,
-        path: Path,
-        params: Params,
-        data_path: Path,
-        script: Path | None = None,
-        writer: bool = True,
-    ) -> None:
-        self.path, self.data_path, self.writer = path, data_path, writer
-        self.every_s = params.train.checkpoint_every_s
-        self.params = keyed_params(params)
-        self.code = code_digest(script)
-        self._data: str | None = None  # hashed when first needed: at a resume or a first save
+    def __init__(self, path: Path, key: RunKey, every_s: float = 0.0, writer: bool = True) -> None:
+        self.path, self.key, self.every_s, self.writer = path, key, every_s, writer
         self.last = time.monotonic()
-
-    @property
-    def data(self) -> str:
-        if self._data is None:
-            self._data = file_digest(self.data_path)
-        return self._data
 
     def due(self) -> bool:
         return self.writer and time.monotonic() - self.last >= self.every_s
@@ -107,14 +169,7 @@ class Checkpoints:
     def save(self, state: dict[str, Any], epoch: int) -> None:
         """Write the state after `epoch` epochs (atomically: a killed write leaves the previous
         checkpoint as it was)."""
-        record = {
-            "format": FORMAT,
-            "params": self.params,
-            "data": self.data,
-            "code": self.code,
-            "epoch": epoch,
-            "state": state,
-        }
+        record = {"format": FORMAT, "key": self.key.record(), "epoch": epoch, "state": state}
         buffer = io.BytesIO()
         torch.save(record, buffer)
         payload = buffer.getvalue()
@@ -145,25 +200,16 @@ class Checkpoints:
             return self._ignore(f"it is not a checkpoint file ({type(exc).__name__})")
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             return self._ignore("it was written by another version of the checkpoint format")
+        key = record.get("key")
         if not (
-            isinstance(record.get("params"), dict)
-            and all(isinstance(k, str) for k in record["params"])
-            and {"data", "code", "epoch", "state"} <= record.keys()
+            isinstance(key, dict)
+            and all(isinstance(key.get(part), dict) for part in ("params", "files"))
+            and {"epoch", "state"} <= record.keys()
         ):
             return self._ignore("it is not a checkpoint file (its record is incomplete)")
-        changed = [
-            k
-            for k in sorted({*self.params, *record["params"]})
-            if self.params.get(k) != record["params"].get(k)
-        ]
-        if changed:
-            key = changed[0]
-            was, now = record["params"].get(key), self.params.get(key)
-            return self._ignore(f"{key} changed ({was} -> {now})")
-        if record["data"] != self.data:
-            return self._ignore(f"the training data changed ({self.data_path})")
-        if record["code"] != self.code:
-            return self._ignore("the training code changed (src/torchreg, the stage, torch)")
+        change = self.key.first_change(key)
+        if change is not None:
+            return self._ignore(change)
         return record
 
     def _ignore(self, why: str) -> None:
