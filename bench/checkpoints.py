@@ -109,11 +109,11 @@ def bench_checkpoints(
     table: Table, repeats: int, work: Path, rows: int, epochs: int, default: float = 60.0
 ) -> None:
     repo = fresh_copy(work / "checkpoints")
-    run_stage(repo, "generate")
+    run_stage(repo, "prepare")
     add_overhead(table, "default params", overhead(repo, repeats, [default, 0]), default)
 
     set_params(repo, data__n_train=rows, train__batch_size=4096, train__epochs=3)
-    run_stage(repo, "generate")
+    run_stage(repo, "prepare")
     add_overhead(
         table,
         f"{rows:,} rows, batch 4096, 3 epochs",

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 # dvc.yaml's commands say `python`: the venv's, in every process started from here (the queue's
 # workers included), even when the venv is not activated.
 os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
-STAGES = ("validate", "generate", "train", "evaluate", "plot")  # dvc.yaml's order
+STAGES = ("validate", "prepare", "train", "evaluate", "plot")  # dvc.yaml's order
 QUIET = {"PYTHONPATH": "src", "TORCHREG_LOG_LEVEL": "WARNING"}
 
 

@@ -41,7 +41,7 @@ def main() -> int:
         for name, changes in CASES.items():
             subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=repo, check=True)
             set_params(repo, **changes)
-            measured([sys.executable, "stages/generate.py"], repo, env)
+            measured([sys.executable, "stages/prepare.py"], repo, env)
             for device in ("cuda", "cpu"):
                 set_params(repo, train__device=device)
                 t_train, _ = measured([sys.executable, "stages/train.py"], repo, env)

@@ -27,7 +27,7 @@ from sweep import set_params
 # pipeline with these stages as separate processes can be faster than this under DVC.
 FLOOR_IMPORTS = {
     "validate": "",
-    "generate": "import numpy",
+    "prepare": "import numpy",
     "train": "import torch",
     "evaluate": "import torch",
     "plot": "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot",

@@ -10,7 +10,7 @@ from pathlib import Path
 from common import Table, fresh_copy, measured, run_stage
 from sweep import set_params
 
-DATA_STAGES = ("generate", "train", "evaluate")
+DATA_STAGES = ("prepare", "train", "evaluate")
 
 
 def stage_runs(repo: Path, rows: int, batch: int, repeats: int) -> tuple[dict, int]:
@@ -49,7 +49,7 @@ def bench_scale(table: Table, repeats: int, work: Path, sizes: list[int]) -> Non
     small, big = sizes
     growth = seconds_at[big] / seconds_at[small]
     table.add(
-        f"time growth {small:,} -> {big:,} rows (generate+train+evaluate)",
+        f"time growth {small:,} -> {big:,} rows (prepare+train+evaluate)",
         f"{growth:.1f}x",
         f"<= {1.2 * big / small:.0f}x",
         growth <= 1.2 * big / small,
@@ -95,7 +95,7 @@ def bench_ddp(table: Table, repeats: int, work: Path, rows: int) -> None:
     for name, changes in cases.items():
         subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=repo, check=True)
         set_params(repo, **changes)
-        run_stage(repo, "generate")
+        run_stage(repo, "prepare")
         times = {}
         for nproc in (1, 2):
             set_params(repo, train__nproc=nproc)

@@ -16,7 +16,7 @@ from sweep import queue_grid, results, run_queue, set_params, stop_workers
 # Queued as a user would, in one call: dvc exp run --queue -S train.lr=... -S train.seed=0,1
 GRID = ("train.lr=0.001,0.002,0.005,0.01", "train.seed=0,1")
 N_GRID = 8  # 4 x 2
-# What a train-params experiment runs: generate is restored from the cache.
+# What a train-params experiment runs: prepare is restored from the cache.
 RERUN = ("validate", "train", "evaluate", "plot")
 
 

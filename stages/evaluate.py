@@ -4,8 +4,9 @@ reference.minimizer_converged says whether they converged).
 
 Reads:  params.yaml (data.true_w, data.true_b, data.noise_std, data.target, train.loss,
         compute.cpu), environment.yaml,
-        models/model.safetensors, data/train.npy, data/test.npy
-Writes: metrics/evaluate.json (test.mae, test.rmse, train.mae, reference.test_mae, ...),
+        models/model.safetensors, data/train.npy, data/test.npy, data/features.json
+Writes: metrics/evaluate.json (test.mae, test.rmse, test.r2, train.mae, reference.test_mae,
+        ...; a table's rows per split and rows dropped),
         plots/predictions.tsv (a sample of test rows with predictions),
         plots/curves.tsv (model and true function along each feature)
 """
@@ -28,7 +29,7 @@ from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.environment import ENVIRONMENT_FILE
 from torchreg.errors import DataError
 from torchreg.evaluation import SAMPLE_ROWS, curve_rows, evaluate, prediction_rows
-from torchreg.files import check_writable, write_json, write_tsv
+from torchreg.files import check_writable, read_json, write_json, write_tsv
 from torchreg.model import TRAIN_HINT, load_model
 
 log = logging.getLogger("evaluate")
@@ -42,10 +43,13 @@ def run(
     out: dict[str, Path],
     loss: str = "mae",
     own_paths: frozenset[str] = frozenset(),
+    features_path: Path | None = None,
 ) -> dict:
     """`loss` is train.loss, the loss whose exact minimizer the linear model is compared with.
     `own_paths`: the inputs ("model", "train", "test") the user named; a missing one is only
-    said to be missing, while a missing pipeline path names the stage that makes it."""
+    said to be missing, while a missing pipeline path names the stage that makes it.
+    `features_path`: prepare's features.json; a table has no true function, so its metrics
+    compare the model with the fits on the training split alone."""
     check_writable(*out.values())
     model, _, n_features = load_model(model_path, None if "model" in own_paths else TRAIN_HINT)
     train = DataFile(train_path, None if "train" in own_paths else GENERATE_HINT)
@@ -56,22 +60,27 @@ def run(
                 f"{path} has {rows.n_features} features but {model_path} expects {n_features}: "
                 "rerun the pipeline (dvc repro)"
             )
-    if n_features != cfg.n_features:
+    prepared = read_json(features_path, "prepare") if features_path else {"source": "synthetic"}
+    truth = cfg if prepared.get("source") != "table" else None
+    if truth is not None and n_features != cfg.n_features:
         raise DataError(
             f"{model_path} has {n_features} features but data.true_w has {cfg.n_features}: "
             "rerun the pipeline (dvc repro)"
         )
-    metrics = evaluate(model, cfg, train, test, loss)
+    metrics = evaluate(model, truth, train, test, loss)
+    if truth is None:
+        metrics["data"] = {k: prepared.get(k) for k in ("rows", "dropped_rows")}
     # Write the tables first and the metrics last: a complete metrics file marks a complete run.
     sample = torch.from_numpy(test.read(0, SAMPLE_ROWS))
     write_tsv(out["predictions"], *prediction_rows(model, sample))
-    write_tsv(out["curves"], *curve_rows(model, cfg, sample))
+    write_tsv(out["curves"], *curve_rows(model, truth, sample))
     write_json(out["metrics"], metrics)
+    floor = f", noise floor {metrics['noise_floor_mae']:.6f}" if truth is not None else ""
     log.info(
-        "test MAE %.6f (closed-form reference %.6f, noise floor %.6f); train MAE %.6f",
+        "test MAE %.6f (closed-form reference %.6f%s); train MAE %.6f",
         metrics["test"]["mae"],
         metrics["reference"]["test_mae"],
-        metrics["noise_floor_mae"],
+        floor,
         metrics["train"]["mae"],
     )
     return metrics
@@ -90,6 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--test", type=Path, default=Path("data/test.npy"), help="the test set to read"
+    )
+    parser.add_argument(
+        "--features",
+        type=Path,
+        default=Path("data/features.json"),
+        help="the prepare stage's record of the source (a table has no true function)",
     )
     parser.add_argument(
         "--metrics",
@@ -119,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         cpu.use(params.compute.cpu)
         environment.check("evaluate", params.compute.cpu, args.params.parent / ENVIRONMENT_FILE)
         inputs = (args.model, args.train, args.test)
-        return run(params.data, *inputs, out, params.train.loss, own)
+        return run(params.data, *inputs, out, params.train.loss, own, args.features)
 
     run_main("evaluate", body)
 

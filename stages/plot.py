@@ -2,8 +2,9 @@
 the residuals. Uses matplotlib only (no torch), from the tables the other stages wrote.
 
 Reads:  params.yaml (plot.feature, train.loss), environment.yaml,
-        dvclive/plots/metrics/train_loss.tsv, plots/predictions.tsv, plots/curves.tsv,
-        metrics/evaluate.json
+        dvclive/plots/metrics/{train,val}_loss.tsv, data/features.json (the names, a table's
+        standardisation: the fit is drawn in the table's units), plots/predictions.tsv,
+        plots/curves.tsv, metrics/evaluate.json
 Writes: plots/fit.png, plots/loss.png, plots/predicted_vs_actual.png, plots/residuals.png
 """
 
@@ -32,22 +33,35 @@ def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
     feature = params.plot.feature
     check_writable(*(out_dir / name for name in FIGURES))
     loss = read_tsv(inputs["loss"], "train", ["step", "train_loss"])
+    val = (
+        read_tsv(inputs["val_loss"], "train", ["step", "val_loss"])
+        if inputs.get("val_loss")
+        else None
+    )
+    prepared = read_json(inputs["features"], "prepare") if inputs.get("features") else {}
+    names = prepared.get("features")
+    if names is not None and not 0 <= feature < len(names):
+        raise DataError(
+            f"plot.feature = {feature} is not a feature: allowed 0..{len(names) - 1} "
+            f"({inputs['features']} lists {len(names)})"
+        )
     pred = read_tsv(
         inputs["predictions"],
         "evaluate",
         [f"x{feature}", "actual", "predicted", "residual", f"partial_x{feature}"],
     )
-    curve = read_tsv(inputs["curves"], "evaluate", ["feature", "x", "model", "truth"])
+    curve = read_tsv(inputs["curves"], "evaluate", ["feature", "x", "model"])
     if feature not in {int(f) for f in curve["feature"]}:
         raise DataError(
             f"{inputs['curves']}: has no curve for feature {feature}: rerun dvc repro evaluate"
         )
     metrics = read_json(inputs["metrics"], "evaluate")
     try:
-        floor = float(metrics["noise_floor_mae"])
+        floor = float(metrics.get("noise_floor_mae", 0.0))  # a table has none
         subtitle = (
             f"test MAE {float(metrics['test']['mae']):.4g} (closed-form fit "
-            f"{float(metrics['reference']['test_mae']):.4g}, noise floor {floor:.3g})"
+            f"{float(metrics['reference']['test_mae']):.4g}"
+            + (f", noise floor {floor:.3g})" if "noise_floor_mae" in metrics else ")")
         )
     except KeyError as exc:
         raise DataError(f"{inputs['metrics']}: missing {exc}: rerun dvc repro evaluate") from None
@@ -56,10 +70,18 @@ def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
             f"{inputs['metrics']}: test.mae, reference.test_mae and noise_floor_mae must be "
             "numbers: rerun dvc repro evaluate"
         ) from None
-    loss_key = "train_loss"
+    label = f"x{feature}" if names is None else names[feature]
+    scale = prepared.get("standardize")
+    if scale:  # back to the table's own units
+        mean, std = scale["mean"][feature], scale["std"][feature]
+        pred[f"x{feature}"] = [v * std + mean for v in pred[f"x{feature}"]]
+        curve["x"] = [
+            v * std + mean if int(f) == feature else v
+            for v, f in zip(curve["x"], curve["feature"], strict=True)
+        ]
     figures = {  # the names of FIGURES
-        "fit.png": fit_figure(pred, curve, feature, subtitle),
-        "loss.png": loss_figure(loss["step"], loss[loss_key], params.train.loss, floor),
+        "fit.png": fit_figure(pred, curve, feature, subtitle, label),
+        "loss.png": loss_figure(loss["step"], loss["train_loss"], params.train.loss, floor, val),
         "predicted_vs_actual.png": predicted_figure(pred, subtitle),
         "residuals.png": residual_figure(pred, floor),
     }
@@ -78,6 +100,18 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         default=Path("dvclive/plots/metrics/train_loss.tsv"),
         help="the loss curve DVCLive wrote while training (TSV)",
+    )
+    parser.add_argument(
+        "--val-loss",
+        type=Path,
+        default=Path("dvclive/plots/metrics/val_loss.tsv"),
+        help="the validation loss curve DVCLive wrote while training (TSV)",
+    )
+    parser.add_argument(
+        "--features",
+        type=Path,
+        default=Path("data/features.json"),
+        help="the prepare stage's column names and standardisation (JSON)",
     )
     parser.add_argument(
         "--predictions",
@@ -101,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     inputs = {
         "loss": args.loss,
+        "val_loss": args.val_loss,
+        "features": args.features,
         "predictions": args.predictions,
         "curves": args.curves,
         "metrics": args.metrics,

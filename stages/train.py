@@ -1,9 +1,11 @@
 """Train the model with mini-batch gradient descent and log the loss curve with DVCLive.
 
-Reads:  params.yaml (model.*, train.*, compute.cpu), environment.yaml, data/train.npy
-Writes: models/model.safetensors (weights, with the model config in its metadata),
-        dvclive/metrics.json (the latest train_loss, updated while training),
-        dvclive/plots/metrics/train_loss.tsv (one row per epoch, appended as epochs finish),
+Reads:  params.yaml (model.*, train.*, compute.cpu), environment.yaml, data/train.npy,
+        data/val.npy, data/features.json
+Writes: models/model.safetensors (weights, with the model config in its metadata, and a
+        table's column names and standardisation),
+        dvclive/metrics.json (the latest train_loss and val_loss, updated while training),
+        dvclive/plots/metrics/{train,val}_loss.tsv (one row per epoch, appended as epochs finish),
         checkpoints/train.ckpt while training (every train.checkpoint_every_s; removed once
         the model is written): a killed run resumes from it, to the same bytes
 
@@ -20,6 +22,7 @@ if __name__ == "__main__":  # first: Ctrl-C during the imports below is one line
     quiet_interrupts("train")
 
 import contextlib
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -32,9 +35,9 @@ from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.environment import ENVIRONMENT_FILE
 from torchreg.files import check_writable
-from torchreg.model import build_model, save_model
+from torchreg.model import build_model, read_features, save_model
 from torchreg.tracking import LiveLog, Progress
-from torchreg.training import Windows, fit, seeded
+from torchreg.training import Validation, Windows, fit, seeded
 
 log = logging.getLogger("train")
 DVC_FILE = Path(__file__).resolve().parents[1] / "dvc.yaml"  # this stage's inputs
@@ -47,13 +50,22 @@ def run(
     model_path: Path,
     live_dir: Path,
     checkpoint: tuple[Path, RunKey] | None = None,
+    val_path: Path | None = None,
+    features_path: Path | None = None,
 ) -> list[float]:
     """Train and write the model and its log; with `checkpoint` (a path and the run's key),
-    save the training state there as it goes and resume from it when it has the same key."""
+    save the training state there as it goes and resume from it when it has the same key.
+    With `val_path`, log the validation loss per epoch (and stop early: train.patience); with
+    `features_path` (prepare's features.json), a table's column names and standardisation
+    go into the model file, for predict."""
     cfg = params.train
     if ctx.is_writer:
         check_outputs(model_path, live_dir)
     data = DataFile(data_path)
+    features = read_features(features_path, data.n_features) if features_path else None
+    validation = None
+    if val_path is not None:
+        validation = Validation(DataFile(val_path), cfg.loss, cfg.patience, ctx.device)
     model = build_model(params.model, data.n_features, cfg.init_std, seeded(cfg.seed, "init"))
     model.to(ctx.device)
     checkpoints, resume = None, None
@@ -62,10 +74,14 @@ def run(
         checkpoints = Checkpoints(checkpoint_path, key, cfg.checkpoint_every_s, ctx.is_writer)
         record = checkpoints.load()
         resume = None if record is None else record["state"]
+    if resume is not None and validation is not None:
+        validation.load_state_dict(resume["validation"])  # the losses logged so far
+    train = functools.partial(
+        fit, model, data, cfg, seeded(cfg.seed, "shuffle"), ctx, step=None,
+        checkpoints=checkpoints, resume=resume, validation=validation,
+    )  # fmt: skip
     if not ctx.is_writer:
-        return fit(
-            model, data, cfg, seeded(cfg.seed, "shuffle"), ctx, (), None, checkpoints, resume
-        )
+        return train(on_epoch=())
     log.info(
         "%s model, %s loss, %s (lr %g), %d epochs of %d rows in batches of %d on %s x %d",
         params.model.kind,
@@ -81,22 +97,19 @@ def run(
     done = [] if resume is None else resume["history"].tolist()
     if done:
         log.info("resuming after epoch %d of %d from %s", len(done), cfg.epochs, checkpoints.path)
-    progress = Progress(cfg.epochs, len(done))
-    with LiveLog(live_dir, done) as live, contextlib.closing(progress):
-        history = fit(
-            model,
-            data,
-            cfg,
-            seeded(cfg.seed, "shuffle"),
-            ctx,
-            [progress, live],
-            None,
-            checkpoints,
-            resume,
-        )
-        save_model(model_path, model, params.model, data.n_features)  # fails: no log is left
+    val = [] if validation is None else validation.history
+    progress = Progress(cfg.epochs, len(done), val)
+    with LiveLog(live_dir, done, val) as live, contextlib.closing(progress):
+        history = train(on_epoch=[progress, live])
+        save_model(model_path, model, params.model, data.n_features, features)  # fails: no log
     if checkpoints is not None:
         checkpoints.remove()
+    if validation is not None and validation.best is not None:
+        best = validation.best
+        log.info(
+            "best validation loss %.6f after epoch %d (train.patience %d): its weights are kept",
+            best["loss"], best["epoch"] + 1, cfg.patience,
+        )  # fmt: skip
     log.info("final loss %.6f; wrote %s", history[-1], model_path)
     return history
 
@@ -127,6 +140,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__, "model.* and train.*")
     parser.add_argument(
         "--data", type=Path, default=Path("data/train.npy"), help="the training set to read"
+    )
+    parser.add_argument(
+        "--val",
+        type=Path,
+        default=Path("data/val.npy"),
+        help="the validation set (its loss is logged per epoch; train.patience stops on it)",
+    )
+    parser.add_argument(
+        "--features",
+        type=Path,
+        default=Path("data/features.json"),
+        help="the prepare stage's column names and standardisation (into the model file)",
     )
     parser.add_argument(
         "--model",
@@ -162,12 +187,18 @@ def main(argv: list[str] | None = None) -> None:
         # Keyed to every input this stage's entry in dvc.yaml lists, the data as this run reads it.
         checkpoint = None
         if DVC_FILE.exists():
-            given = {parser.get_default("data").as_posix(): args.data}
+            given = {
+                parser.get_default(name).as_posix(): getattr(args, name)
+                for name in ("data", "val", "features")
+            }
             checkpoint = args.checkpoint, RunKey.of_stage("train", params, DVC_FILE, given)
         else:
             log.info("no %s beside the stages: no checkpoints (nothing to key them to)", DVC_FILE)
         with joined(params.train.device) as ctx:
-            run(params, ctx, args.data, args.model, args.live_dir, checkpoint)
+            run(
+                params, ctx, args.data, args.model, args.live_dir, checkpoint,
+                args.val, args.features,
+            )  # fmt: skip
 
     run_main("train", body)
 

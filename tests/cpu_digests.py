@@ -22,7 +22,7 @@ sys.path[:0] = [str(ROOT / "stages"), str(ROOT / "src")]
 import torch  # noqa: E402
 
 import evaluate  # noqa: E402 - the stage scripts, imported as modules
-import generate  # noqa: E402
+import prepare  # noqa: E402
 import train  # noqa: E402
 from torchreg import cpu, parallel  # noqa: E402
 from torchreg.config import load_params  # noqa: E402
@@ -90,7 +90,8 @@ def main(workdir: Path, epochs: int | None = None) -> None:
             )
         data = workdir / f"data-{params.data.target}-{params.data.n_train}"
         if not data.exists():
-            generate.run(params.data, data / "train.npy", data / "test.npy")
+            out = {split: data / f"{split}.npy" for split in ("train", "val", "test")}
+            prepare.run(params.data, out, data / "features.json")
         out = workdir / name
         ctx = RunContext(torch.device("cpu"))
         train.run(params, ctx, data / "train.npy", out / "model.safetensors", out / "dvclive")

@@ -7,7 +7,7 @@ import pytest
 from support import ROOT
 
 
-@pytest.mark.parametrize("stage", ["generate", "train", "evaluate", "plot"])
+@pytest.mark.parametrize("stage", ["prepare", "train", "evaluate", "plot"])
 def test_help_describes_every_option(stage, capsys):
     main = runpy.run_path(str(ROOT / "stages" / f"{stage}.py"))["main"]
     with pytest.raises(SystemExit) as exit_info:

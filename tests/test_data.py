@@ -200,7 +200,7 @@ def test_truncated_and_wrong_shape_and_missing(tmp_path, params):
         "then y)"
     )
     none = tmp_path / "none.npy"
-    assert refusal(none) == f"{none} not found: run the generate stage first (dvc repro generate)"
+    assert refusal(none) == f"{none} not found: run the prepare stage first (dvc repro prepare)"
     assert refusal(none, "pass --data") == f"{none} not found: pass --data"
     assert refusal(none, None) == f"{none} not found"
 
@@ -332,7 +332,7 @@ def test_one_flipped_bit_is_found(data_file, at):
 def test_a_damaged_file_is_to_be_rebuilt_as_its_missing_hint_says(data_file):
     damaged = edit(data_file, b"", b"", at=300)
     says = f"{damaged}: damaged (its content does not match the sha256 it carries)"
-    assert refusal(damaged) == f"{says}: rebuild it (dvc repro generate)"
+    assert refusal(damaged) == f"{says}: rebuild it (dvc repro prepare)"
     hint = "run make first (its (data) target)"
     assert refusal(damaged, hint) == f"{says}: rebuild it (its (data) target)"
     assert refusal(damaged, None) == says

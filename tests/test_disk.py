@@ -1,4 +1,4 @@
-"""The free-space check of generate: leftovers of a killed run, DVC's cache copy, the figures."""
+"""The free-space check of prepare: leftovers of a killed run, DVC's cache copy, the figures."""
 
 import importlib.util
 import os
@@ -16,9 +16,9 @@ from torchreg.data import check_disk, dvc_cache_copy_dir, nbytes
 from torchreg.errors import DataError
 
 Usage = namedtuple("Usage", "total used free")
-spec = importlib.util.spec_from_file_location("generate_stage", ROOT / "stages/generate.py")
-generate = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(generate)
+spec = importlib.util.spec_from_file_location("prepare_stage", ROOT / "stages/prepare.py")
+prepare = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(prepare)
 
 
 def fake_disk(monkeypatch, free: int) -> None:
@@ -47,16 +47,17 @@ def workdir(tmp_path, monkeypatch):
 
 
 def data_bytes(params) -> int:
-    return sum(nbytes(n, params.data.n_features) for n in (params.data.n_train, params.data.n_test))
+    splits = (params.data.n_train, params.data.n_val, params.data.n_test)
+    return sum(nbytes(n, params.data.n_features) for n in splits)
 
 
 def test_a_killed_runs_leftover_does_not_count_against_the_rerun(workdir, monkeypatch, params):
     needed = data_bytes(params)
     (workdir / "data").mkdir()
-    stale = workdir / "data/.train.npy.abc123.tmp"  # what a SIGKILLed generate leaves
+    stale = workdir / "data/.train.npy.abc123.tmp"  # what a SIGKILLed prepare leaves
     stale.write_bytes(b"\0" * needed)
     fake_disk(monkeypatch, free=needed + 1000)  # enough once the leftover is gone
-    generate.main([])
+    prepare.main([])
     assert not stale.exists()
     assert (workdir / "data/train.npy").exists()
 
@@ -69,7 +70,7 @@ def test_under_dvc_the_cache_copy_counts(workdir, monkeypatch, params, capsys):
     assert dvc_cache_copy_dir() == workdir / ".dvc/cache"
     fake_disk(monkeypatch, free=needed + needed // 2)  # room for the data, not for its copy
     with pytest.raises(SystemExit) as exc:
-        generate.main([])
+        prepare.main([])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -79,7 +80,7 @@ def test_under_dvc_the_cache_copy_counts(workdir, monkeypatch, params, capsys):
 
     # Outside DVC the same disk is enough.
     monkeypatch.delenv("DVC_ROOT")
-    generate.main([])
+    prepare.main([])
     assert (workdir / "data/train.npy").exists()
 
 
@@ -199,7 +200,7 @@ def test_the_config_is_read_as_utf_8_under_any_locale(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert dvc_cache_copy_dir() == tmp_path / ".dvc/cach\u00e9"
     env = subprocess_env(
-        Path(torchreg.data.__file__).parents[1],  # this package, mutated or not
+        Path(torchreg.data.__file__).parents[2],  # this package, mutated or not
         LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0", DVC_ROOT=str(tmp_path),
     )  # fmt: skip
     code = "from torchreg.data import dvc_cache_copy_dir; print(ascii(str(dvc_cache_copy_dir())))"

@@ -42,7 +42,7 @@ def free_port() -> int:
 @pytest.fixture
 def data_repo(repo):
     set_params(repo, train__epochs=20, train__lr=0.05, model__kind="mlp", model__hidden=[8])
-    run_stage(repo, "generate", check=True, env=env())
+    run_stage(repo, "prepare", check=True, env=env())
     return repo
 
 

@@ -40,7 +40,7 @@ def test_a_false_record_is_refused_in_one_line_naming_what_differs(tmp_path):
     assert "\n" not in message
     assert "torch '0.1-" in message and f"has {environment.found()['torch']!r}" in message
     assert environment.RECORD in message
-    environment.check("generate", path=path)  # generate does not use torch: it may run
+    environment.check("prepare", path=path)  # prepare does not use torch: it may run
 
 
 def test_the_cpu_family_is_checked_in_portable_mode_only(tmp_path):

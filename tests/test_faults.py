@@ -101,29 +101,29 @@ def test_data_of_the_wrong_shape(built):
 
 def test_missing_files_name_the_stage_to_run(repo):
     line = one_clean_line(run_stage(repo, "train"), "train")
-    assert "data/train.npy not found: run the generate stage first" in line
+    assert "data/train.npy not found: run the prepare stage first" in line
     assert "run the train stage first" in one_clean_line(run_stage(repo, "evaluate"), "evaluate")
     assert "run the train stage first" in one_clean_line(run_stage(repo, "plot"), "plot")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_killed_while_writing_keeps_the_old_output(repo, sig):
-    run_stage(repo, "generate", check=True)
+    run_stage(repo, "prepare", check=True)
     old = (repo / "data/train.npy").read_bytes()
     set_params(repo, data__n_train=30_000_000)  # ~600 MB: seconds of writing
-    proc = start_stage(repo, "generate")
+    proc = start_stage(repo, "prepare")
 
     def tmp_files():
         return [p for p in (repo / "data").glob(".train.npy.*.tmp") if p.stat().st_size > 0]
 
-    wait_for(lambda: tmp_files() or proc.poll() is not None, what="generate to start writing")
-    assert proc.poll() is None, "generate finished before it could be interrupted"
+    wait_for(lambda: tmp_files() or proc.poll() is not None, what="prepare to start writing")
+    assert proc.poll() is None, "prepare finished before it could be interrupted"
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=30)
     assert (repo / "data/train.npy").read_bytes() == old  # never a half-written file
     if sig == signal.SIGINT:
         assert proc.returncode == 130
-        assert stderr.strip().splitlines()[-1] == "generate: interrupted; no output was written"
+        assert stderr.strip().splitlines()[-1] == "prepare: interrupted; no output was written"
         assert "Traceback" not in stderr
         assert not list((repo / "data").glob(".*.tmp"))
     set_params(repo, data__n_train=500)
@@ -141,7 +141,7 @@ def test_killed_while_writing_keeps_the_old_output(repo, sig):
     ids=["SIGINT", "SIGTERM"],
 )
 def test_an_interrupt_during_training_exits_within_a_second(repo, sig, message):
-    run_stage(repo, "generate", check=True)
+    run_stage(repo, "prepare", check=True)
     set_params(repo, train__epochs=1_000_000)
     for _ in range(2):  # a second try only if a busy machine slowed the first
         proc = start_stage(repo, "train")
@@ -162,7 +162,7 @@ def test_an_interrupt_during_training_exits_within_a_second(repo, sig, message):
 
 
 def test_divergence_names_the_epoch_and_writes_no_model(repo):
-    run_stage(repo, "generate", check=True)
+    run_stage(repo, "prepare", check=True)
     set_params(repo, train__lr=1e6)
     line = one_clean_line(run_stage(repo, "train"), "train")
     assert "training diverged at epoch" in line and "try a smaller train.lr" in line
@@ -176,7 +176,7 @@ def test_same_params_same_bytes_across_processes_and_threads(repo):
     )
     results = []
     for threads in ("1", "2", "2"):
-        for name in ("generate", "train", "evaluate", "plot"):
+        for name in ("prepare", "train", "evaluate", "plot"):
             subprocess.run(
                 [sys.executable, "-c", runner, threads, f"stages/{name}.py"],
                 cwd=repo,
@@ -191,7 +191,7 @@ def test_same_params_same_bytes_across_processes_and_threads(repo):
 
 
 def test_unwritable_output_is_one_clear_error(repo, tmp_path):
-    run_stage(repo, "generate", check=True)
+    run_stage(repo, "prepare", check=True)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where a folder should be")
     line = one_clean_line(
@@ -219,7 +219,7 @@ def bound_by_permission_bits() -> list[str]:
 
 
 def test_a_folder_without_write_permission_is_one_clear_error(repo, tmp_path):
-    run_stage(repo, "generate", check=True)
+    run_stage(repo, "prepare", check=True)
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     model = str(locked / "model.safetensors")
@@ -252,7 +252,7 @@ def peak_rss_mib(repo: Path, name: str) -> tuple[subprocess.CompletedProcess, fl
 def test_evaluate_memory_is_linear_in_features(repo):
     """4096 features (the allowed maximum): the sample tables are built a feature at a time."""
     set_params(repo, data__true_w=[1.0] * 4096, train__epochs=1, plot__feature=0)
-    for name in ("generate", "train"):
+    for name in ("prepare", "train"):
         run_stage(repo, name, check=True)
     result, rss = peak_rss_mib(repo, "evaluate")
     assert result.returncode == 0, result.stderr
@@ -260,7 +260,7 @@ def test_evaluate_memory_is_linear_in_features(repo):
 
 
 def test_a_network_this_machine_cannot_hold_is_refused_before_training(repo):
-    run_stage(repo, "generate", check=True)
+    run_stage(repo, "prepare", check=True)
     set_params(repo, model__kind="mlp", model__hidden=[65536, 65536])
     start = time.monotonic()
     line = one_clean_line(run_stage(repo, "train"), "train")
@@ -270,7 +270,7 @@ def test_a_network_this_machine_cannot_hold_is_refused_before_training(repo):
 
 
 def test_more_ranks_than_cores_is_refused_before_launching(repo):
-    run_stage(repo, "generate", check=True)
+    run_stage(repo, "prepare", check=True)
     set_params(repo, train__nproc=64)
     line = one_clean_line(run_stage(repo, "train"), "train")
     assert "train.nproc = 64 but this machine has" in line
@@ -279,21 +279,21 @@ def test_more_ranks_than_cores_is_refused_before_launching(repo):
 @pytest.mark.parametrize(
     "changes,stage,message",
     [
-        ({"data__true_w": [1e300, 2.0, 2.0, 4.0]}, "generate", "y overflows float32"),
+        ({"data__true_w": [1e300, 2.0, 2.0, 4.0]}, "prepare", "y overflows float32"),
         ({"train__init_std": 1e39}, "train", "train.init_std = 1e+39"),
     ],
 )
 def test_non_finite_numbers_are_blamed_on_their_cause(repo, changes, stage, message):
-    if stage != "generate":
-        run_stage(repo, "generate", check=True)
+    if stage != "prepare":
+        run_stage(repo, "prepare", check=True)
     set_params(repo, **changes)
     line = one_clean_line(run_stage(repo, stage), stage)
     assert message in line and "train.lr" not in line
-    assert not (repo / "data/train.npy").exists() or stage != "generate"
+    assert not (repo / "data/train.npy").exists() or stage != "prepare"
 
 
 def test_nan_in_the_data_names_the_row_not_the_learning_rate(repo):
-    run_stage(repo, "generate", check=True)
+    run_stage(repo, "prepare", check=True)
     run_stage(repo, "train", check=True)  # a model for evaluate
     data = np.load(repo / "data/train.npy")
     data[7, 2] = np.nan
@@ -337,7 +337,7 @@ def flip_in_the_cache(repo: Path, name: str) -> None:
     "name,stage,readers",
     [
         ("models/model.safetensors", "train", ["evaluate", "predict"]),
-        ("data/test.npy", "generate", ["evaluate"]),
+        ("data/test.npy", "prepare", ["evaluate"]),
     ],
     ids=["model", "data"],
 )

@@ -91,7 +91,7 @@ def test_a_temporary_file_is_hidden_ours_and_ignored_by_git_and_dvc(tmp_path):
 
 
 def test_a_dead_writers_temporaries_are_swept_by_any_writer_in_the_folder(tmp_path):
-    """A killed generate's data/.train.npy.*.tmp goes at the next write of any file there."""
+    """A killed prepare's data/.train.npy.*.tmp goes at the next write of any file there."""
     dead = tmp_path / f".train.npy.k1ll3d00{TEMP_SUFFIX}"
     dead.write_bytes(b"\0" * 1000)
     old_style = tmp_path / ".other.bin.abc123.tmp"  # an older version's name for its own output

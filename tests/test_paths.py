@@ -214,7 +214,7 @@ def test_predict_output_to_a_fifo_with_a_reader(project):
 @pytest.mark.parametrize(
     "stage,args,path",
     [
-        ("generate", ["stages/generate.py"], "data/train.npy"),
+        ("prepare", ["stages/prepare.py"], "data/train.npy"),
         ("predict", ["-m", "torchreg.predict", "--input", "rows.csv", "--output", "out"], "out"),
     ],
 )
@@ -239,7 +239,7 @@ def test_stage_output_that_is_a_directory_is_one_line(project):
     raises=subprocess.TimeoutExpired,
     strict=True,  # a DVC that stops blocking turns this into a failure: then drop the xfail
     reason="DVC itself blocks: before any stage runs, `dvc repro` hashes data/train.npy (an "
-    "output of generate, a dependency of train) with a plain open() in dvc_data's "
+    "output of prepare, a dependency of train) with a plain open() in dvc_data's "
     "hashfile/hash.py file_md5, which waits for a FIFO writer for ever (dvc 3.67.1)",
 )
 def test_dvc_repro_with_a_fifo_for_data(built):

@@ -16,7 +16,7 @@ def ran_stages(output: str) -> set[str]:
 
 def test_repro_builds_everything_then_nothing_then_the_same(repo):
     first = run(["dvc", "repro"], repo)
-    assert ran_stages(first.stdout) == {"validate", "generate", "train", "evaluate", "plot"}
+    assert ran_stages(first.stdout) == {"validate", "prepare", "train", "evaluate", "plot"}
     for name in OUTPUTS:
         assert (repo / name).stat().st_size > 0, name
     lock = (repo / "dvc.lock").read_text()
@@ -76,9 +76,9 @@ def test_typo_in_section_name_is_refused(repo):
     data = yaml.safe_load((repo / "params.yaml").read_text())
     data["trian"] = data.pop("train")
     (repo / "params.yaml").write_text(yaml.safe_dump(data))
-    result = run_stage(repo, "generate")
+    result = run_stage(repo, "prepare")
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("generate: error: ")
+    assert line.startswith("prepare: error: ")
     assert "params.yaml: unknown key 'trian' (allowed: data, model, train, plot, compute)" in line
     assert "params.yaml: train is missing" in line

@@ -99,7 +99,7 @@ def workdir(tmp_path_factory) -> Path:
     shutil.copy(ROOT / "params.yaml", work / "params.yaml")
     set_params(work, data__n_train=96, train__epochs=EPOCHS, train__checkpoint_every_s=0)
     env = subprocess_env(ROOT / "src")
-    run([sys.executable, str(ROOT / "stages/generate.py")], work, env=env)
+    run([sys.executable, str(ROOT / "stages/prepare.py")], work, env=env)
     for name, changes in {**COMBOS, TWO_PROCESSES: {}}.items():
         (work / name).mkdir()
         shutil.copy(work / "params.yaml", work / name / "params.yaml")

@@ -29,7 +29,8 @@ def test_deps_list_every_imported_module(stage):
         text=True,
     )
     imported = result.stdout.strip().splitlines()[-1].split()
-    files = {f"src/{m.replace('.', '/')}.py" for m in imported if m != "torchreg"}
+    paths = [f"src/{m.replace('.', '/')}" for m in imported if m != "torchreg"]
+    files = {f"{p}/__init__.py" if (ROOT / p).is_dir() else f"{p}.py" for p in paths}
     files.add("src/torchreg/__init__.py")
     deps = {d for d in STAGES[stage]["deps"] if isinstance(d, str)}
     assert script in deps and len(files) > 3, result.stderr

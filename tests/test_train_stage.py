@@ -24,7 +24,7 @@ def test_only_rank_0_writes_the_model_and_the_log(tmp_path, monkeypatch, params,
     write_dataset(data, params.data, "train", 50)
     calls = []
 
-    def fit(model, rows, cfg, generator, ctx=None, on_epoch=(), *rest):
+    def fit(model, rows, cfg, generator, ctx=None, on_epoch=(), *rest, **more):
         """Every rank trains (a rank that did not would hang its peers); no process group."""
         calls.append(ctx)
         for callback in on_epoch:

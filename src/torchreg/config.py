@@ -32,6 +32,7 @@ PARAMS_FILE = "params.yaml"
 MAX_ROWS = 10**9
 MAX_FEATURES = 4096
 MAX_WIDTH = 65536
+MAX_NAME_CHARS = 200  # a column name
 # A valid file holds a few thousand values at most (true_w: up to MAX_FEATURES). Anything much
 # larger is refused before validation: YAML aliases let a few lines stand for a billion values
 # (shared references), and walking them, in pydantic or in a message, would take hours.
@@ -71,17 +72,71 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Name = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_NAME_CHARS)]
+
+
+class TableConfig(_Section):
+    """data.source: table. A table's rows go to a split by a hash of the row and data.seed."""
+
+    path: Annotated[str, Strict(), Field(max_length=4096)] = "examples/tables/cars.csv"
+    target: Annotated[str, Strict(), Field(max_length=MAX_NAME_CHARS)] = "Miles_per_Gallon"
+    # Empty: every numeric column but the target, in the table's order.
+    features: tuple[Name, ...] = Field(default=(), max_length=MAX_FEATURES)
+    missing: Literal["refuse", "drop"] = "refuse"
+    standardize: Annotated[bool, Strict()] = True
+    delimiter: Annotated[str, Strict(), Field(min_length=1, max_length=1)] = ","
+    val_fraction: Float = Field(default=0.15, ge=0, lt=1)
+    test_fraction: Float = Field(default=0.15, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_training_split(self) -> TableConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"data.table.val_fraction + data.table.test_fraction = "
+                f"{self.val_fraction + self.test_fraction:g} leaves no training rows: "
+                "their sum must be under 1"
+            )
+        if self.val_fraction == 0 or self.test_fraction == 0:
+            raise ValueError(
+                "data.table.val_fraction and data.table.test_fraction must both be over 0: "
+                "every source has a validation and a test split"
+            )
+        if len(set(self.features)) != len(self.features):
+            twice = sorted({f for f in self.features if self.features.count(f) > 1})
+            raise ValueError(f"data.table.features names {shown(twice[0], 40)} twice")
+        if self.target in self.features:
+            raise ValueError(
+                f"data.table.features holds the target {shown(self.target, 40)}: a feature "
+                "cannot be what is predicted"
+            )
+        return self
+
+
 class DataConfig(_Section):
+    # synthetic: the tutorial's y = f(x) + noise; table: a CSV or Parquet file (data.table).
+    source: Literal["synthetic", "table"] = "synthetic"
     seed: Int = Field(ge=0, lt=2**63)
     true_w: tuple[Float, ...] = Field(min_length=1, max_length=MAX_FEATURES)
     true_b: Float
     n_train: Int = Field(ge=1, le=MAX_ROWS)
+    n_val: Int = Field(default=1000, ge=1, le=MAX_ROWS)
     n_test: Int = Field(ge=1, le=MAX_ROWS)
     noise_std: Float = Field(ge=0)
     target: Literal["linear", "quadratic", "sine"]
+    table: TableConfig = TableConfig()
+
+    @model_validator(mode="after")
+    def _table_is_named(self) -> DataConfig:
+        if self.source == "table" and not (self.table.path and self.table.target):
+            raise ValueError(
+                "data.source is table: data.table.path (the CSV or Parquet file) and "
+                "data.table.target (the column to predict) must be set"
+            )
+        return self
 
     @property
     def n_features(self) -> int:
+        """The synthetic source's features (a table's are known once it is read)."""
         return len(self.true_w)
 
 
@@ -113,6 +168,18 @@ class TrainConfig(_Section):
     average_start: Float = Field(default=0.5, ge=0, lt=1)
     # Seconds of training between checkpoints (0: after every epoch); at most a week.
     checkpoint_every_s: Float = Field(default=60.0, ge=0, le=7 * 86400)
+    # Early stopping: epochs without a better validation loss before training stops and the
+    # best epoch's weights are kept; 0: off (every epoch runs, the last weights are kept).
+    patience: Int = Field(default=0, ge=0, le=10**7)
+
+    @model_validator(mode="after")
+    def _patience_keeps_one_weight_set(self) -> TrainConfig:
+        if self.patience and self.average == "swa":
+            raise ValueError(
+                "train.patience keeps the best epoch's weights, train.average: swa their mean: "
+                "set one of them (train.patience: 0 or train.average: none)"
+            )
+        return self
 
 
 class PlotConfig(_Section):
@@ -135,7 +202,7 @@ class Params(_Section):
     @model_validator(mode="after")
     def _feature_exists(self) -> Params:
         n = self.data.n_features
-        if self.plot.feature >= n:
+        if self.data.source == "synthetic" and self.plot.feature >= n:
             raise ValueError(
                 f"plot.feature = {self.plot.feature} is not a feature: "
                 f"allowed 0..{n - 1} (data.true_w has {n} values)"

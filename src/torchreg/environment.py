@@ -26,10 +26,19 @@ from torchreg.errors import ConfigError, UserError
 from torchreg.files import write_bytes
 
 ENVIRONMENT_FILE = Path("environment.yaml")
-PACKAGES = ("numpy", "torch", "scipy-openblas32", "safetensors", "dvclive", "matplotlib", "pillow")
+PACKAGES = (
+    "numpy",
+    "pyarrow",
+    "torch",
+    "scipy-openblas32",
+    "safetensors",
+    "dvclive",
+    "matplotlib",
+    "pillow",
+)
 # What each stage depends on; dvc.yaml lists the same keys (a test checks).
 STAGE_KEYS = {
-    "generate": ("numpy",),
+    "prepare": ("numpy", "pyarrow"),
     "train": ("cpu", "numpy", "torch", "scipy-openblas32", "safetensors", "dvclive"),
     "evaluate": ("cpu", "numpy", "torch", "scipy-openblas32", "safetensors"),
     "plot": ("numpy", "matplotlib", "pillow"),

@@ -180,13 +180,18 @@ def minimizer_fit(rows: Rows, loss: str) -> tuple[LinearRegression, bool]:
     return _as_model(wb), False
 
 
-def evaluate(model: nn.Module, cfg: DataConfig, train: Rows, test: Rows, loss: str = "mae") -> dict:
+def evaluate(
+    model: nn.Module, cfg: DataConfig | None, train: Rows, test: Rows, loss: str = "mae"
+) -> dict:
     """All metrics, nested so `dvc exp show` shows columns like test.mae and train.mae.
 
-    `loss` is train.loss: for a linear model the metrics compare it with the exact minimizer of
-    that training loss too (reference.minimizer_*, test.mae_vs_minimizer)."""
+    `cfg` is the synthetic source's truth (its noise floor and true weights), None for a table,
+    where the references are the fits on the training split alone. `loss` is train.loss: for a
+    linear model the metrics compare it with the exact minimizer of that training loss too
+    (reference.minimizer_*, test.mae_vs_minimizer)."""
     reference = least_squares(train)
     test_err = prediction_errors(model, test)
+    test_err["r2"] = r_squared(test_err["rmse"], test)
     metrics = {
         "test": test_err,
         "train": {"mae": prediction_errors(model, train)["mae"]},
@@ -194,8 +199,9 @@ def evaluate(model: nn.Module, cfg: DataConfig, train: Rows, test: Rows, loss: s
             "test_mae": prediction_errors(reference, test)["mae"],
             "train_mae": prediction_errors(reference, train)["mae"],
         },
-        "noise_floor_mae": noise_floor_mae(cfg.noise_std),
     }
+    if cfg is not None:
+        metrics["noise_floor_mae"] = noise_floor_mae(cfg.noise_std)
     # With no noise the closed-form fit can be exact (MAE 0): no ratio then, not a crash.
     reference_mae = metrics["reference"]["test_mae"]
     metrics["test"]["mae_vs_reference"] = test_err["mae"] / reference_mae if reference_mae else None
@@ -210,11 +216,24 @@ def evaluate(model: nn.Module, cfg: DataConfig, train: Rows, test: Rows, loss: s
         w = model.w.detach().double()
         b = model.b.detach().double().item()
         metrics["learned"] = {"w": w.tolist(), "b": b}
-        if cfg.target == "linear":
+        if cfg is not None and cfg.target == "linear":
             true_w = torch.tensor(cfg.true_w, dtype=torch.float64)
             metrics["learned"]["w_max_error"] = (w - true_w).abs().max().item()
             metrics["learned"]["b_error"] = abs(b - cfg.true_b)
     return _rounded(metrics)
+
+
+@torch.inference_mode()
+def r_squared(rmse: float, rows: Rows) -> float | None:
+    """1 - (the model's squared error) / (the squared error of predicting the mean of y), on
+    the same rows; None where y is constant (no variance to explain)."""
+    total = n = 0
+    for chunk in chunks(rows):
+        total += chunk[:, -1].double().sum().item()
+        n += len(chunk)
+    mean = total / n
+    spread = sum(((c[:, -1].double() - mean) ** 2).sum().item() for c in chunks(rows)) / n
+    return 1 - rmse * rmse / spread if spread > 0 else None
 
 
 @torch.inference_mode()
@@ -266,9 +285,10 @@ def prediction_rows(
 
 @torch.inference_mode()
 def curve_rows(
-    model: nn.Module, cfg: DataConfig, test: torch.Tensor
+    model: nn.Module, cfg: DataConfig | None, test: torch.Tensor
 ) -> tuple[list[str], list[list[float]]]:
-    """For each feature j: the model and the true function along feature j, others held at 0.
+    """For each feature j: the model and (synthetic data: `cfg`) the true function along
+    feature j, others held at 0 (a table's standardised features: at their training mean).
 
     For the linear model this is the tutorial's line w[j] * x + b.
     """
@@ -279,7 +299,10 @@ def curve_rows(
         grid = torch.linspace(lo, hi, CURVE_POINTS)
         x = torch.zeros(CURVE_POINTS, d)
         x[:, j] = grid
-        model_y, true_y = model(x), true_function(cfg, x.numpy())
-        points = zip(grid.tolist(), model_y.tolist(), true_y.tolist(), strict=True)
-        table += [[j, g, m, t] for g, m, t in points]
-    return ["feature", "x", "model", "truth"], table
+        model_y = model(x).tolist()
+        if cfg is None:
+            table += [[j, g, m] for g, m in zip(grid.tolist(), model_y, strict=True)]
+            continue
+        true_y = true_function(cfg, x.numpy()).tolist()
+        table += [[j, g, m, t] for g, m, t in zip(grid.tolist(), model_y, true_y, strict=True)]
+    return ["feature", "x", "model"] + (["truth"] if cfg is not None else []), table

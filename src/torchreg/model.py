@@ -85,8 +85,15 @@ def build_model(
     return model
 
 
-def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, n_features: int) -> None:
-    """Write the weights as a sealed safetensors file, with the config in its metadata.
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    cfg: ModelConfig,
+    n_features: int,
+    features: dict | None = None,
+) -> None:
+    """Write the weights as a sealed safetensors file, with the config in its metadata, and
+    `features` (a table's column names and standardisation, see `read_features`) if given.
 
     Not torch.save: its zip archive carries a `serialization_id` hashed from an unordered set of
     record names (pytorch/pytorch#184219) and a pickle. A safetensors file is a JSON header plus
@@ -98,7 +105,68 @@ def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, n_features:
         "config": cfg.model_dump(mode="json"),
         "n_features": n_features,
     }
+    if features is not None:  # not for synthetic data: its model files keep their bytes
+        header["features"] = features
     write_sealed(path, model.state_dict(), header)
+
+
+MAX_FEATURES_BYTES = 16 << 20  # features.json: names and two floats per feature
+
+
+def read_features(path: Path, n_features: int) -> dict | None:
+    """What a model trained on a table keeps of prepare's features.json: the feature names in
+    order, the target's name and the standardisation (None, or each feature's mean and std).
+    None for the synthetic source, whose features are x0, x1, ... as they always were."""
+    try:
+        with open_input(path) as f:
+            text = f.read(MAX_FEATURES_BYTES + 1)
+        record = json.loads(text)
+    except FileNotFoundError:
+        raise DataError(
+            f"{path} not found: run the prepare stage first (dvc repro prepare)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: not a features file of the prepare stage ({first_line(exc)})"
+        ) from None
+    if not isinstance(record, dict) or record.get("source") != "table":
+        return None
+    features = {
+        "names": record.get("features"),
+        "target": record.get("target"),
+        "standardize": record.get("standardize"),
+    }
+    problem = check_features(features, n_features)
+    if problem:
+        raise DataError(f"{path}: {problem}: rerun the prepare stage (dvc repro prepare)")
+    return features
+
+
+def check_features(features: object, n_features: int) -> str | None:
+    """What is wrong with a features record for `n_features` inputs, or None."""
+    if not isinstance(features, dict):
+        return "its features are not a mapping"
+    names = features.get("names")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return "its feature names are not a list of names"
+    if len(names) != n_features:
+        return f"it names {len(names)} features, the data has {n_features}"
+    if not isinstance(features.get("target"), str):
+        return "its target is not a name"
+    scale = features.get("standardize")
+    if scale is None:
+        return None
+    for key in ("mean", "std"):
+        values = scale.get(key) if isinstance(scale, dict) else None
+        if not (
+            isinstance(values, list)
+            and len(values) == n_features
+            and all(isinstance(v, float | int) and math.isfinite(v) for v in values)
+        ):
+            return f"its standardisation's {key} is not {n_features} finite numbers"
+    if not all(v > 0 for v in scale["std"]):
+        return "its standardisation has a std that is not over 0"
+    return None
 
 
 def write_sealed(path: str | Path, tensors: Mapping[str, torch.Tensor], header: dict) -> None:
@@ -246,6 +314,9 @@ def load_model(
         cfg = ModelConfig.model_validate(header["config"])
         n_features = header["n_features"]
         expected = _shapes(cfg, n_features)
+        features = header.get("features")
+        if features is not None and (problem := check_features(features, n_features)):
+            raise DataError(f"{path}: model file is inconsistent ({problem})")
         shapes = {name: tuple(t.shape) for name, t in state.items()}
         dtypes = {str(t.dtype).removeprefix("torch.") for t in state.values()}
         if shapes != expected or dtypes != {"float32"}:
@@ -266,6 +337,7 @@ def load_model(
     model = build_model(cfg, n_features, 0.0, torch.Generator())
     model.load_state_dict(state, strict=True)
     model.eval()
+    model.features = features  # a table's names and standardisation, or None
     return model, cfg, n_features
 
 

@@ -41,7 +41,7 @@ def save(fig: plt.Figure, path: str | Path) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def fit_figure(pred: dict, curve: dict, feature: int, subtitle: str) -> plt.Figure:
+def fit_figure(pred: dict, curve: dict, feature: int, subtitle: str, label: str) -> plt.Figure:
     """The tutorial's figure (one feature against y, with the model's line), and beside it the
     same feature against its partial residual, where the other features' effect is removed."""
     fig, (raw, partial) = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True)
@@ -55,25 +55,34 @@ def fit_figure(pred: dict, curve: dict, feature: int, subtitle: str) -> plt.Figu
         # Thin lines over the points: on the right the points sit on the line, and both must show.
         ax.scatter(x, y, s=12, alpha=0.4, color=DATA, label="test rows", lw=0)
         ax.plot(cx, [curve["model"][i] for i in rows], color=MODEL, lw=1.2, label="model")
-        ax.plot(cx, [curve["truth"][i] for i in rows], "--", color=TRUTH, lw=0.8, label="true f")
-        ax.set(xlabel=f"feature x{feature}", title=title)
+        if "truth" in curve:  # synthetic data: the function it was drawn from
+            truth = [curve["truth"][i] for i in rows]
+            ax.plot(cx, truth, "--", color=TRUTH, lw=0.8, label="true f")
+        ax.set(xlabel=f"feature {label}", title=title)
         ax.title.set_fontsize(10)
     raw.set_ylabel("y")
     partial.set_ylabel("y minus the other features' fitted part")
     partial.legend(loc="upper left", frameon=False)
-    title = f"Fit along feature x{feature} (lines: other features at 0)\n{subtitle}"
+    others = "0" if "truth" in curve else "their training mean"
+    title = f"Fit along feature {label} (lines: other features at {others})\n{subtitle}"
     fig.suptitle(title, fontsize=11)
     return fig
 
 
-def loss_figure(steps: list[float], loss: list[float], loss_name: str, floor: float) -> plt.Figure:
+def loss_figure(
+    steps: list[float], loss: list[float], loss_name: str, floor: float, val: dict | None = None
+) -> plt.Figure:
     fig, ax = plt.subplots()
     epochs = [s + 1 for s in steps]
     ax.plot(epochs, loss, color=MODEL, lw=1.5, label=f"training {loss_name} (epoch mean)")
+    if val is not None:
+        val_epochs = [s + 1 for s in val["step"]]
+        ax.plot(val_epochs, val["val_loss"], color=DATA, lw=1.2, label=f"validation {loss_name}")
     if loss_name == "mae" and floor > 0:
         ax.axhline(floor, color=TRUTH, ls="--", lw=1, label=f"noise floor {floor:.4g}")
     ax.set_yscale("log")
-    ax.set(xlabel="epoch", ylabel=f"{loss_name} (log scale)", title="Training loss")
+    title = "Training loss" if val is None else "Training and validation loss"
+    ax.set(xlabel="epoch", ylabel=f"{loss_name} (log scale)", title=title)
     ax.legend(loc="best", frameon=False)
     return fig
 

@@ -1,7 +1,10 @@
 """Predict with a saved model: python -m torchreg.predict --input rows.csv [--model FILE]
 
 The input is a CSV of feature columns, one row per prediction, with or without a header row
-(e.g. x0,x1,x2,x3); `--input -` reads standard input. The output is each input row, its cells
+(e.g. x0,x1,x2,x3); for a model trained on a table (data.source: table), a CSV with a header
+that names the table's feature columns, in any order, other columns ignored (the model file
+carries the names and the standardisation, which predict applies). `--input -` reads standard
+input. The output is each input row, its cells
 as given (surrounding spaces stripped), followed by a `predicted` column, on standard output or
 in --output. The model file (safetensors, default models/model.safetensors) holds no code.
 
@@ -33,7 +36,7 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from torchreg.errors import DataError
+from torchreg.errors import DataError, shown
 from torchreg.evaluation import predict
 from torchreg.files import atomic_path, check_writable, open_input
 from torchreg.model import TRAIN_HINT, load_model
@@ -47,6 +50,9 @@ CHUNK_ROWS = 65536
 # characters; a header name is a short label. It bounds what a row may cost to read.
 MAX_CELL_CHARS = 200
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# A table model's input may carry columns besides its features (an id, the target): at most
+# this many, which bounds what a row may cost to read.
+MAX_COLUMNS = 4096
 
 
 def is_header(cells: list[str]) -> bool:
@@ -67,10 +73,15 @@ class RowReader:
     """The rows of a CSV, checked and parsed a chunk at a time; every problem names the
     input, the row and what was expected. Blank lines are skipped (and not counted)."""
 
-    def __init__(self, f: TextIO, name: str, n_features: int) -> None:
-        self.name, self.n_features = name, n_features
-        # A row is read only up to what n_features cells can need, before csv sees it.
+    def __init__(self, f: TextIO, name: str, n_features: int, features: dict | None = None) -> None:
+        """`features`: a table model's names and standardisation (model.features): the input
+        then needs a header, its columns are found by name (in any order, others ignored)
+        and the features are standardised as the training split was."""
+        self.name, self.n_features, self.features = name, n_features, features
+        # A row is read only up to what its cells can need, before csv sees it.
         self.max_chars = n_features * (MAX_CELL_CHARS + 1) + 2
+        if features is not None:
+            self.max_chars = MAX_COLUMNS * (MAX_CELL_CHARS + 1) + 2
         self._chars = 0  # characters of the row being read (a quoted cell spans lines)
         self._rows = self._nonblank(csv.reader(self._lines(f)))
         self._number = 0
@@ -82,7 +93,9 @@ class RowReader:
             raise self._no_rows()
         cells = [c.strip() for c in first]
         self.has_header = is_header(cells)
-        if self.has_header:
+        if features is not None:
+            self._find_columns(cells)
+        elif self.has_header:
             self._number = 1
             if len(cells) != n_features:
                 raise DataError(
@@ -92,6 +105,28 @@ class RowReader:
             self.header, self._pending = cells, []
         else:
             self.header, self._pending = [f"x{j}" for j in range(n_features)], [first]
+
+    def _find_columns(self, cells: list[str]) -> None:
+        names = self.features["names"]
+        if not self.has_header:
+            raise DataError(
+                f"{self.name}: the first row is not a header: this model was trained on a "
+                f"table and finds its features by name ({shown(names, 120)})"
+            )
+        missing = [n for n in names if n not in cells]
+        if missing:
+            raise DataError(
+                f"{self.name}: no column {shown(missing[0], 40)} in the header "
+                f"({len(missing)} of the model's {len(names)} features missing; its header: "
+                f"{shown(cells, 120)})"
+            )
+        twice = [n for n in names if cells.count(n) > 1]
+        if twice:
+            raise DataError(
+                f"{self.name}: column {shown(twice[0], 40)} appears twice in the header"
+            )
+        self.index = [cells.index(n) for n in names]
+        self.header, self._pending, self._number = cells, [], 1
 
     def _lines(self, f: TextIO) -> Iterator[str]:
         """The input's lines; a row longer than `max_chars` is refused before it is read
@@ -141,6 +176,8 @@ class RowReader:
         The fast path parses every cell of the chunk with one map(float) over the joined text;
         a cell holding a comma (quoted) changes the cell count and takes the slow path.
         """
+        if self.features is not None:
+            return self._parse_named(batch)
         n = self.n_features
         if all(len(row) == n for row in batch):
             texts = [",".join(row) for row in batch]
@@ -161,6 +198,34 @@ class RowReader:
                         return texts, values
         rows = [self._check(row, self._number + 1 + i) for i, row in enumerate(batch)]
         return [text for text, _ in rows], np.array([v for _, v in rows], dtype=np.float32)
+
+    def _parse_named(self, batch: list[list[str]]) -> tuple[list[str], np.ndarray]:
+        """A table model's chunk: its feature cells by name, parsed in float64 and standardised
+        exactly as the prepare stage standardised the training rows, then float32."""
+        values = np.empty((len(batch), self.n_features), dtype=np.float64)
+        width, names = len(self.header), self.features["names"]
+        for i, row in enumerate(batch):
+            where = f"{self.name}: row {self._number + 1 + i}"
+            if len(row) != width:
+                raise DataError(f"{where} has {len(row)} columns, the header has {width}")
+            for j, k in enumerate(self.index):
+                cell = row[k].strip()
+                try:
+                    values[i, j] = float(cell)
+                except ValueError:
+                    what = "is empty" if not cell else f"holds {shown(cell, 40)}, not a number"
+                    raise DataError(f"{where}, column {shown(names[j], 40)} {what}") from None
+                if not abs(values[i, j]) <= FLOAT32_MAX:
+                    raise DataError(
+                        f"{where}, column {shown(names[j], 40)}: {cell} is not a finite number "
+                        f"within float32 (+-{FLOAT32_MAX:.4g})"
+                    )
+        scale = self.features.get("standardize")
+        if scale is not None:
+            values = (values - np.array(scale["mean"])) / np.array(scale["std"])
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(batch)
+        return out.getvalue().splitlines(), values.astype(np.float32)
 
     def _check(self, row: list[str], number: int) -> tuple[str, list[float]]:
         where = f"{self.name}: row {number}"
@@ -258,7 +323,7 @@ def run(
             raise DataError(f"{exc} (to read a pipe, use --input - and redirect it)") from None
         source, name = io.TextIOWrapper(binary, encoding="utf-8", newline=""), str(input_path)
     with source:
-        reader = RowReader(source, name, n_features)
+        reader = RowReader(source, name, n_features, getattr(model, "features", None))
         if to_stdout:
             try:
                 return _predict_into(sys.stdout, reader, model)

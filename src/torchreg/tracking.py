@@ -1,4 +1,5 @@
-"""What a training run reports while it runs: progress on the terminal, the loss through DVCLive.
+"""What a training run reports while it runs: progress on the terminal, the training and
+validation losses through DVCLive.
 
 Both are epoch callbacks for `training.fit`, used only by the process that writes.
 """
@@ -27,8 +28,8 @@ SUMMARY_EVERY_S = 1.0
 class Progress:
     """A progress bar on a terminal; otherwise a log line every tenth of the run."""
 
-    def __init__(self, epochs: int, done: int = 0) -> None:
-        self.epochs, self.every = epochs, max(1, epochs // 10)
+    def __init__(self, epochs: int, done: int = 0, val: Sequence[float] = ()) -> None:
+        self.epochs, self.every, self.val = epochs, max(1, epochs // 10), val
         self.bar = tqdm(
             total=epochs,
             initial=done,
@@ -38,11 +39,12 @@ class Progress:
         )
 
     def __call__(self, epoch: int, loss: float) -> None:
+        val = f"  val_loss {self.val[epoch]:.6f}" if epoch < len(self.val) else ""
         if self.bar.disable:
             if (epoch + 1) % self.every == 0 or epoch == 0:
-                log.info("epoch %d/%d  loss %.6f", epoch + 1, self.epochs, loss)
+                log.info("epoch %d/%d  loss %.6f%s", epoch + 1, self.epochs, loss, val)
         else:
-            self.bar.set_postfix(loss=f"{loss:.6f}", refresh=False)
+            self.bar.set_postfix_str(f"loss {loss:.6f}{val}", refresh=False)
             self.bar.update()
 
     def close(self) -> None:
@@ -50,9 +52,10 @@ class Progress:
 
 
 class LiveLog:
-    """The per-epoch loss in DVCLive's layout, written as training goes: each epoch appends a
-    row to dvclive/plots/metrics/train_loss.tsv, and the summary dvclive/metrics.json (what
-    `dvc exp show` reads from a running experiment) is rewritten at most every SUMMARY_EVERY_S.
+    """The per-epoch losses in DVCLive's layout, written as training goes: each epoch appends a
+    row to dvclive/plots/metrics/train_loss.tsv (and val_loss.tsv), and the summary
+    dvclive/metrics.json (what `dvc exp show` reads from a running experiment) is rewritten at
+    most every SUMMARY_EVERY_S.
 
     The folder is cleared first, so it never mixes two runs (DVC removes it before the stage
     anyway); a resumed run then logs the losses of the epochs it resumes after again, so its
@@ -62,8 +65,11 @@ class LiveLog:
     neither, and the next `dvc repro` reruns it (resuming from its checkpoint).
     """
 
-    def __init__(self, live_dir: Path, history: Sequence[float] = ()) -> None:
-        self.live_dir, self.history = live_dir, history
+    def __init__(
+        self, live_dir: Path, history: Sequence[float] = (), val: Sequence[float] = ()
+    ) -> None:
+        """`val`: the validation loss of each epoch, filled in before the epoch's call."""
+        self.live_dir, self.history, self.val = live_dir, history, val
         self._last_summary = 0.0
 
     def __enter__(self) -> LiveLog:
@@ -82,6 +88,8 @@ class LiveLog:
         try:
             self.live.step = epoch
             self.live.log_metric("train_loss", loss)
+            if epoch < len(self.val):
+                self.live.log_metric("val_loss", self.val[epoch])
             now = time.monotonic()
             if now - self._last_summary >= SUMMARY_EVERY_S:
                 self.live.make_summary()

@@ -69,12 +69,15 @@ def fit(
     step: Step | None = None,
     checkpoints: Checkpoints | None = None,
     resume: dict[str, Any] | None = None,
+    validation: Validation | None = None,
 ) -> list[float]:
     """Train `model` in place on rows (features, then y); return the mean loss of each epoch.
 
     `step` defaults to the strategy `make_step` picks for the model, config and context.
     With `checkpoints`, the state is saved after an epoch whenever one is due; `resume` (a
-    saved state, see `training_state`) continues a run from where that state left it.
+    saved state, see `training_state`) continues a run from where that state left it. With
+    `validation`, the validation loss is measured after every epoch (before the callbacks
+    run), and with train.patience training stops early and the best epoch's weights are kept.
 
     Raises DivergenceError as soon as an epoch's loss is NaN, infinite or over
     DIVERGENCE_FACTOR times the untrained model's.
@@ -88,6 +91,8 @@ def fit(
         step.load_state_dict(resume["step"])
         generator.set_state(resume["generator"])
         limit, history = resume["limit"], resume["history"].tolist()
+        if validation is not None:
+            validation.load_state_dict(resume["validation"])
     for epoch in range(len(history), cfg.epochs):
         total = torch.zeros((), dtype=torch.float64, device=ctx.device)
         for block in source.shuffled(generator):
@@ -98,28 +103,91 @@ def fit(
         loss = step.reduce(total).item() / source.count
         check_divergence(loss, limit, epoch, cfg.lr)
         history.append(loss)
+        stop = validation is not None and validation.after_epoch(epoch, step)
         for callback in on_epoch:
             callback(epoch, loss)
         step.end_epoch(epoch)
         kill_point("epoch", epoch + 1)
+        if stop:
+            break
         if checkpoints is not None and epoch + 1 < cfg.epochs and checkpoints.due():
-            checkpoints.save(training_state(step, generator, limit, history), epoch + 1)
+            state = training_state(step, generator, limit, history, validation)
+            checkpoints.save(state, epoch + 1)
+    if validation is not None and validation.best is not None:
+        step.set_weights(validation.best["weights"])  # early stopping keeps the best epoch
     step.finish()
     return history
 
 
 def training_state(
-    step: Step, generator: torch.Generator, limit: float, history: list[float]
+    step: Step,
+    generator: torch.Generator,
+    limit: float,
+    history: list[float],
+    validation: Validation | None = None,
 ) -> dict[str, Any]:
     """All that the next epoch depends on: the step's weights, optimizer, lr schedule and
-    average, the shuffle stream, the divergence yardstick and every epoch's loss so far."""
+    average, the shuffle stream, the divergence yardstick, every epoch's loss so far and the
+    validation's record (its losses, the best epoch and its weights)."""
     return {
         "step": step.state_dict(),
         "generator": generator.get_state(),
         "limit": limit,
         # A tensor, not a list: a long run's million losses stay 8 bytes each (float64: exact).
         "history": torch.tensor(history, dtype=torch.float64),
+        "validation": None if validation is None else validation.state_dict(),
     }
+
+
+class Validation:
+    """The mean loss (train.loss) on the validation split after every epoch, and early
+    stopping on it: with `patience` > 0, training stops once that many epochs in a row have
+    not improved on the best, whose weights the model then keeps. The loss is summed in
+    float64 over fixed chunks, so it has the same bits on every CPU, as the test metrics do."""
+
+    def __init__(self, rows: DataFile, loss: str, patience: int, device: torch.device) -> None:
+        self.loss, self.patience, self.device = loss, patience, device
+        self.rows = as_rows(rows)
+        kept = self.rows.rows * self.rows.columns * 4 <= WINDOW_BYTES
+        self._kept = [self._to_device(b) for b in self.rows.blocks()] if kept else None
+        self.history: list[float] = []
+        self.best: dict[str, Any] | None = None  # epoch, loss, weights
+
+    def _to_device(self, block: Any) -> torch.Tensor:
+        return torch.from_numpy(block).to(self.device)
+
+    def _blocks(self) -> Iterator[torch.Tensor]:
+        if self._kept is not None:
+            yield from self._kept
+        else:
+            yield from (self._to_device(b) for b in self.rows.blocks())
+
+    @torch.no_grad()
+    def mean_loss(self, model: nn.Module) -> float:
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for block in self._blocks():
+            per_row = LOSSES[self.loss](model(block[:, :-1]), block[:, -1], reduction="none")
+            total += per_row.double().sum()
+        return total.item() / self.rows.rows
+
+    def after_epoch(self, epoch: int, step: Step) -> bool:
+        """Measure epoch `epoch` (0-based); True when training should stop."""
+        loss = self.mean_loss(step.current())
+        self.history.append(loss)
+        if not self.patience:
+            return False
+        if self.best is None or loss < self.best["loss"]:
+            weights = {k: v.detach().clone() for k, v in step.weights().items()}
+            self.best = {"epoch": epoch, "loss": loss, "weights": weights}
+            return False
+        return epoch - self.best["epoch"] >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": torch.tensor(self.history, dtype=torch.float64), "best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history[:] = state["history"].tolist()  # in place: the loggers hold this list
+        self.best = state["best"]
 
 
 def divergence_limit(model: nn.Module, rows: torch.Tensor, loss: str) -> float:
@@ -297,6 +365,18 @@ class Step:
     def finish(self) -> None:
         """Leave the final weights (or their average) in the model."""
 
+    def current(self) -> nn.Module:
+        """The model with the weights of the last step (not their average)."""
+        raise NotImplementedError
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The weights of the last step, as this step keeps them."""
+        raise NotImplementedError
+
+    def set_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Put back weights that `weights` gave."""
+        raise NotImplementedError
+
     def state_dict(self) -> dict[str, Any]:
         """What the next step depends on (tensors and plain values only: see checkpoint.py)."""
         raise NotImplementedError
@@ -365,10 +445,22 @@ class FastLinearSGD(Step):
             self.schedule.load_state_dict(state["schedule"])
 
     def finish(self) -> None:
-        wb = self.wb if self.mean is None else self.mean
+        self._into_model(self.wb if self.mean is None else self.mean)
+
+    def _into_model(self, wb: torch.Tensor) -> None:
         with torch.no_grad():
             self.model.w.copy_(wb[:-1])
             self.model.b.copy_(wb[-1])
+
+    def current(self) -> nn.Module:
+        self._into_model(self.wb)  # `finish` writes the final weights over these
+        return self.model
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {"wb": self.wb}
+
+    def set_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.wb.copy_(weights["wb"])
 
 
 class AutogradStep(Step):
@@ -423,6 +515,15 @@ class AutogradStep(Step):
         if self.averaged is not None:
             self.averaged.load_state_dict(state["averaged"])
         self.averaging = state["averaging"]
+
+    def current(self) -> nn.Module:
+        return self.trained
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.trained.state_dict()
+
+    def set_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.trained.load_state_dict(weights)
 
     def finish(self) -> None:
         if self.averaged is None:

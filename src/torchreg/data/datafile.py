@@ -1,12 +1,10 @@
-"""Synthetic data y = f(x) + noise, and the .npy files that hold it.
+"""The .npy files that hold a split: written a block at a time, read a range of rows at a time.
 
-A data file is one float32 array of shape (rows, features + 1): the features, then y. It is
-written in fixed blocks of CHUNK_ROWS rows, each drawn from its own generator seeded by
-(data.seed, split, block), so memory stays flat however many rows are asked for and the bytes
-depend only on the params. Files are read a range of rows at a time (DataFile), so memory
+A data file is one float32 array of shape (rows, features + 1): the features, then y, sealed
+with the sha256 of its rows. Files are read a range of rows at a time (DataFile), so memory
 does not grow with the number of rows.
 
-This module uses NumPy, not torch: the generate stage does not need torch, and importing it
+This module uses NumPy, not torch: the prepare stage does not need torch, and importing it
 would cost the stage most of its run time. Callers wrap the arrays with torch.from_numpy.
 """
 
@@ -18,57 +16,20 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-from torchreg import fixedmath
-from torchreg.config import DataConfig
 from torchreg.errors import DataError, first_line, rebuild_advice, shown
 from torchreg.files import atomic_path, open_input, remove_stale_temps
 
-GENERATE_HINT = "run the generate stage first (dvc repro generate)"
+GENERATE_HINT = "run the prepare stage first (dvc repro prepare)"
 # Rows handled at once everywhere: a generated block (the data's bytes depend on it, so it never
 # changes), a read, a gather of shuffled rows, an evaluation pass. 65,536 rows of 5 float32 are
 # 1.25 MiB: memory stays flat at any size, and the per-chunk Python cost is negligible.
 CHUNK_ROWS = 1 << 16
-
-# y = f(x) before noise; `linear` is the tutorial's x @ w + b, the others need a hidden layer.
-TARGETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "linear": lambda x: x,
-    "quadratic": lambda x: x * x,
-    "sine": lambda x: fixedmath.sin(2 * x),  # not np.sin: its last bit depends on the CPU
-}
-
-
-def stream_seed(seed: int, *stream: object) -> int:
-    """A 63-bit seed for one named stream of one seed; streams never share draws."""
-    digest = hashlib.sha256("/".join(map(str, (seed, *stream))).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def true_function(cfg: DataConfig, x: np.ndarray) -> np.ndarray:
-    """The noise-free target, in float64 with an explicit sum so no BLAS threading is involved."""
-    fx = TARGETS[cfg.target](np.asarray(x, dtype=np.float64))
-    return (fx * np.asarray(cfg.true_w)).sum(axis=1) + cfg.true_b
-
-
-def make_block(cfg: DataConfig, split: str, block: int, rows: int) -> np.ndarray:
-    """Rows of one block as a (rows, features + 1) float32 array."""
-    rng = np.random.Generator(np.random.PCG64(stream_seed(cfg.seed, split, block)))
-    out = np.empty((rows, cfg.n_features + 1), dtype=np.float32)
-    out[:, :-1] = rng.standard_normal((rows, cfg.n_features), dtype=np.float32)
-    noise = rng.standard_normal(rows) * cfg.noise_std
-    with np.errstate(over="ignore", invalid="ignore"):
-        out[:, -1] = true_function(cfg, out[:, :-1]) + noise
-    if not np.isfinite(out[:, -1]).all():
-        raise DataError(
-            "data: y overflows float32 (beyond +-3.4e38) with these data.true_w, data.true_b "
-            "and data.noise_std: use smaller values"
-        )
-    return out
 
 
 def nbytes(rows: int, n_features: int) -> int:
@@ -156,7 +117,7 @@ def _sizes(*sizes: int) -> list[str]:
 # A data file carries the sha256 of its header's array description and of its rows, as a
 # Python comment after the .npy header's dict: numpy parses that dict with a literal parser
 # that skips comments, so np.load reads the file as before, while DataFile refuses a file
-# whose bytes or dtype/shape/order were changed since generate wrote it (a damaged copy that
+# whose bytes or dtype/shape/order were changed since prepare wrote it (a damaged copy that
 # `dvc checkout` restored from the cache without checking, a flipped bit on disk).
 NPY_MAGIC = b"\x93NUMPY"
 DIGEST_NOTE = "  # sha256 "
@@ -179,18 +140,23 @@ def _npy_header(text: str) -> bytes:
     return NPY_MAGIC + b"\x01\x00" + len(body).to_bytes(2, "little") + body.encode("latin1")
 
 
-def write_dataset(path: str | Path, cfg: DataConfig, split: str, rows: int) -> None:
-    """Write the .npy header, then the blocks one after another: memory stays at one block.
+def write_rows(path: str | Path, rows: int, columns: int, blocks: Iterable[np.ndarray]) -> None:
+    """Write a data file of `rows` x `columns` float32 from `blocks` (arrays of whole rows, in
+    order): the .npy header, then the blocks one after another, so memory stays at one block.
     The digest is hashed as the blocks go out and written into the header last."""
-    described = _header_dict(rows, cfg.n_features + 1)
+    described = _header_dict(rows, columns)
     header = _npy_header(described + DIGEST_NOTE + "0" * 64)
     digest = hashlib.sha256(described.encode("latin1"))
+    written = 0
     with atomic_path(path) as tmp, tmp.open("w+b") as f:
         f.write(header)
-        for block, start in enumerate(range(0, rows, CHUNK_ROWS)):
-            data = make_block(cfg, split, block, min(CHUNK_ROWS, rows - start))
-            digest.update(memoryview(data).cast("B"))
-            data.tofile(f)
+        for block in blocks:
+            block = np.ascontiguousarray(block, dtype=np.float32)
+            digest.update(memoryview(block).cast("B"))
+            block.tofile(f)
+            written += len(block)
+        if written != rows:  # a caller's mistake, never the user's
+            raise ValueError(f"{path}: {written} rows written, {rows} announced")
         f.seek(header.index(DIGEST_NOTE.encode()) + len(DIGEST_NOTE))
         f.write(digest.hexdigest().encode())
 
@@ -200,9 +166,9 @@ class DataFile:
     when asked for, so a pass over a file larger than memory keeps memory flat."""
 
     def __init__(self, path: str | Path, missing_hint: str | None = GENERATE_HINT) -> None:
-        """`missing_hint`: the advice when the file does not exist (the generate stage's advice
+        """`missing_hint`: the advice when the file does not exist (the prepare stage's advice
         fits only the paths that stage writes). A file that carries a digest (every file the
-        generate stage writes) is read once through to check it; a plain .npy of the user's
+        prepare stage writes) is read once through to check it; a plain .npy of the user's
         own is checked for its type and shape only."""
         self.path = Path(path)
         self._rebuild = rebuild_advice(missing_hint)

@@ -1,0 +1,254 @@
+"""A user's table (CSV or Parquet) read a batch at a time with pyarrow, as float64 columns.
+
+pyarrow's streaming readers keep memory flat whatever the file's size: a CSV is parsed a block
+of BLOCK_BYTES at a time (a row longer than that is refused), a Parquet file a batch of
+CHUNK_ROWS rows at a time. Text is turned into numbers by Arrow's parser, which rounds
+correctly (the same float64 on every CPU).
+
+Rows are numbered as a person reading the file would: in a CSV the header is row 1 and the
+first data row is row 2 (a quoted cell spanning lines still counts as one row); in a Parquet
+file the first row is row 1. Every problem names the file, the column and the row.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from torchreg.config import TableConfig
+from torchreg.data.datafile import CHUNK_ROWS
+from torchreg.errors import DataError, first_line, shown
+from torchreg.files import open_input
+
+# A CSV block: rows are parsed this many bytes at a time, and no row may be longer.
+BLOCK_BYTES = 16 << 20
+PARQUET = (".parquet", ".pq")
+CSV = (".csv", ".tsv", ".txt")
+MAX_NAMED_ROWS = 3  # row numbers named in one message
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def is_numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
+class Table:
+    """The table a `data.table` section names: its columns, the features chosen from them, and
+    its rows as float64 arrays (features, then the target; NaN where a cell is missing)."""
+
+    def __init__(self, cfg: TableConfig, root: Path = Path()) -> None:
+        self.cfg, self.path = cfg, root / cfg.path
+        self.name = cfg.path
+        suffix = self.path.suffix.lower()
+        if suffix not in PARQUET + CSV:
+            raise DataError(
+                f"{self.name}: data.table.path must be a CSV ({', '.join(CSV)}) or a Parquet "
+                f"({', '.join(PARQUET)}) file"
+            )
+        self.parquet = suffix in PARQUET
+        self.header_rows = 0 if self.parquet else 1
+        with self._open() as f:
+            self.identity = _identity(os.fstat(f.fileno()))
+            schema = self._schema(f)
+        self.columns = list(schema.names)
+        twice = sorted({c for c in self.columns if self.columns.count(c) > 1})
+        if twice:
+            where = [i + 1 for i, c in enumerate(self.columns) if c == twice[0]]
+            raise DataError(
+                f"{self.name}: column name {shown(twice[0], 40)} appears {len(where)} times "
+                f"(columns {', '.join(map(str, where))}): every column needs its own name"
+            )
+        self._check_named(cfg.target, "data.table.target")
+        for name in cfg.features:
+            self._check_named(name, "data.table.features")
+        if cfg.features:
+            self.features = list(cfg.features)
+        else:
+            self.features = [f.name for f in schema if f.name != cfg.target and is_numeric(f.type)]
+            if not self.features:
+                raise DataError(
+                    f"{self.name}: no numeric column besides the target {shown(cfg.target, 40)} "
+                    f"(columns: {shown(self.columns, 200)}): name the features in "
+                    "data.table.features"
+                )
+        self.ignored = [c for c in self.columns if c not in {*self.features, cfg.target}]
+        if self.parquet:
+            for name in [*self.features, cfg.target]:
+                kind = schema.field(name).type
+                if not (is_numeric(kind) or pa.types.is_null(kind)):
+                    raise DataError(
+                        f"{self.name}: column {shown(name, 40)} holds {kind}, not numbers: "
+                        "features and the target must be numeric columns"
+                    )
+
+    def _open(self) -> BinaryIO:
+        try:
+            return open_input(self.path)
+        except FileNotFoundError:
+            raise DataError(
+                f"{self.name} not found: data.table.path names the table to read (track it "
+                f"with `dvc add {self.name}`)"
+            ) from None
+        except OSError as exc:
+            raise DataError(f"{self.name}: cannot be read ({exc.strerror or exc})") from None
+
+    def _schema(self, f: BinaryIO) -> pa.Schema:
+        if self.parquet:
+            try:
+                return pq.ParquetFile(f).schema_arrow
+            except (pa.ArrowException, OSError) as exc:
+                raise DataError(f"{self.name}: not a Parquet file ({first_line(exc)})") from None
+        try:  # the column types are inferred from the first block
+            return pcsv.open_csv(f, **self._csv_options()).schema
+        except pa.ArrowInvalid as exc:
+            raise self._csv_error(exc) from None
+
+    def _check_named(self, name: str, key: str) -> None:
+        if name not in self.columns:
+            raise DataError(
+                f"{self.name}: no column {shown(name, 40)} ({key}); its columns: "
+                f"{shown(self.columns, 200)}{self._delimiter_hint()}"
+            )
+
+    def _delimiter_hint(self) -> str:
+        if len(self.columns) == 1 and not self.parquet:
+            for mark, label in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+                if mark in self.columns[0] and mark != self.cfg.delimiter:
+                    return f" (its header is separated by {label}: set data.table.delimiter)"
+        return ""
+
+    def _csv_options(self, types: pa.DataType | None = None) -> dict:
+        columns = [*self.features, self.cfg.target] if types is not None else None
+        return {
+            "read_options": pcsv.ReadOptions(block_size=BLOCK_BYTES),
+            "parse_options": pcsv.ParseOptions(
+                delimiter=self.cfg.delimiter, newlines_in_values=True
+            ),
+            "convert_options": pcsv.ConvertOptions(
+                include_columns=columns,
+                column_types=dict.fromkeys(columns, types) if columns else None,
+            ),
+        }
+
+    def _csv_error(self, exc: Exception) -> DataError:
+        text = first_line(exc)
+        if "Empty CSV file" in text:
+            return DataError(f"{self.name}: empty file (expected a header row, then rows)")
+        if "straddles two block boundaries" in text:
+            return DataError(
+                f"{self.name}: a row longer than {BLOCK_BYTES >> 20} MiB: not a table of rows "
+                "(no line breaks, or a quote that is never closed)"
+            )
+        if "Expected" in text and "columns, got" in text:
+            return DataError(f"{self.name}: a row with another number of cells ({text})")
+        return DataError(f"{self.name}: cannot be read as CSV ({text})")
+
+    def batches(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(the row number of its first row, rows x (features + 1) float64 with NaN where a
+        cell is missing) for each batch, in the table's order. Raises DataError naming the
+        row and column of a value that is not a number, and if the file changed meanwhile."""
+        row = self.header_rows + 1
+        with self._open() as f:
+            for batch in self._arrow_batches(f):
+                yield row, self._as_array(batch, row)
+                row += batch.num_rows
+            if _identity(os.fstat(f.fileno())) != self.identity or not self._same_file(f):
+                raise DataError(
+                    f"{self.name}: changed while it was read: run again once it is written"
+                )
+
+    def _same_file(self, f: BinaryIO) -> bool:
+        try:
+            return _identity(os.stat(self.path)) == _identity(os.fstat(f.fileno()))
+        except OSError:
+            return False
+
+    def _arrow_batches(self, f: BinaryIO) -> Iterator[pa.RecordBatch]:
+        columns = [*self.features, self.cfg.target]
+        if self.parquet:
+            try:
+                yield from pq.ParquetFile(f).iter_batches(batch_size=CHUNK_ROWS, columns=columns)
+            except (pa.ArrowException, OSError) as exc:
+                raise DataError(f"{self.name}: cannot be read ({first_line(exc)})") from None
+            return
+        try:
+            yield from pcsv.open_csv(f, **self._csv_options(pa.float64()))
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc):
+                raise self._csv_error(exc) from None
+            raise self._not_a_number() from None
+
+    def _not_a_number(self) -> DataError:
+        """Find the first cell that is not a number, reading the columns again as text (only
+        on the way to an error: the fast path parses them as numbers directly)."""
+        row = self.header_rows + 1
+        with self._open() as f:
+            for batch in pcsv.open_csv(f, **self._csv_options(pa.string())):
+                bad = [
+                    (_first_bad(c), name)
+                    for name, c in zip(batch.schema.names, batch.columns, strict=True)
+                ]
+                bad = [(i, name) for i, name in bad if i is not None]
+                if bad:
+                    i, name = min(bad)
+                    cell = batch.column(name)[i].as_py()
+                    return DataError(
+                        f"{self.name}: row {row + i}, column {shown(name, 40)}: "
+                        f"{shown(cell, 40)} is not a number"
+                    )
+                row += batch.num_rows
+        return DataError(f"{self.name}: a value is not a number")
+
+    def _as_array(self, batch: pa.RecordBatch, row: int) -> np.ndarray:
+        out = np.empty((batch.num_rows, batch.num_columns), dtype=np.float64)
+        for j, column in enumerate(batch.columns):
+            try:
+                values = pc.cast(column, pa.float64())
+            except pa.ArrowException as exc:  # a decimal beyond float64, an odd Parquet type
+                raise DataError(
+                    f"{self.name}: column {shown(batch.schema.names[j], 40)} cannot be read as "
+                    f"numbers ({first_line(exc)})"
+                ) from None
+            out[:, j] = values.to_numpy(zero_copy_only=False)  # a null becomes NaN
+        with np.errstate(invalid="ignore"):
+            beyond = np.abs(out) > FLOAT32_MAX  # inf too; NaN (missing) is not
+        if beyond.any():
+            i, j = np.argwhere(beyond)[0]
+            what = "is not a finite number" if np.isinf(out[i, j]) else "is beyond float32"
+            raise DataError(
+                f"{self.name}: row {row + i}, column {shown(batch.schema.names[j], 40)}: "
+                f"{out[i, j]:g} {what} (the model computes in float32: at most "
+                f"+-{FLOAT32_MAX:.4g})"
+            )
+        return out
+
+
+def _parses(column: pa.Array) -> bool:
+    try:
+        pc.cast(column, pa.float64())
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _first_bad(column: pa.Array) -> int | None:
+    """The index of the first cell Arrow cannot read as a number (by halves: a few casts)."""
+    if _parses(column):
+        return None
+    lo, hi = 0, len(column)  # column[:lo] parses, column[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _parses(column.slice(0, mid)) else (lo, mid)
+    return lo
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
