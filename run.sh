@@ -29,7 +29,9 @@ if ! "${python:-python3}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 
 fi
 
 stamp=.venv/.installed
-want=$(cat requirements.lock pyproject.toml | sha256sum)
+# The stamp: a hash of what set-up installs, by whichever tool this system has (macOS has no
+# sha256sum; Python is here in any case).
+want=$(cat requirements.lock pyproject.toml | "$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest(), " -")')
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "run.sh: installing requirements.lock into a new .venv (first run: a few minutes)" >&2
   # A new venv, not an update: a package dropped from the lock must not linger.
@@ -73,9 +75,9 @@ import json, pathlib
 path = pathlib.Path("metrics/evaluate.json")
 if path.exists():
     m = json.loads(path.read_text())
+    floor = f", noise floor {m['noise_floor_mae']:.6g}" if "noise_floor_mae" in m else ""
     print(f"run.sh: {path}: test MAE {m['test']['mae']:.6g} (closed-form reference "
-          f"{m['reference']['test_mae']:.6g}, noise floor {m['noise_floor_mae']:.6g}); "
-          "all metrics: dvc metrics show", flush=True)
+          f"{m['reference']['test_mae']:.6g}{floor}); all metrics: dvc metrics show", flush=True)
 PY
     ;;
   # The fast tier (a minute or two); `-m slow` after it runs the slow tier alone.
