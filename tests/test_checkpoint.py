@@ -16,7 +16,7 @@ import torch
 from support import ROOT, Payload
 from torchreg.checkpoint import Checkpoints, RunKey, read_stage
 from torchreg.config import parse_params, read_params_file
-from torchreg.data import make_block
+from torchreg.data import DataFile, make_block
 from torchreg.environment import found
 from torchreg.model import build_model
 from torchreg.training import fit, seeded
@@ -324,3 +324,47 @@ def test_each_dep_changed_alone_is_named(caplog, params, tmp_path, dep):
         f.write(b"\n")
     again = Checkpoints(ckpt, RunKey.of_stage("train", params, root / "dvc.yaml"))
     assert ignored(caplog, again).endswith(f": {dep} changed; training from scratch")
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("stop_after", [2, 5])
+def test_early_stopping_resumes_to_the_same_bytes(params, data, tmp_path, kind, stop_after):
+    """With a validation split and train.patience, a run stopped after any epoch and resumed
+    stops at the same epoch with the same best weights and the same validation losses."""
+    from torchreg.data import write_dataset
+    from torchreg.training import Validation
+
+    lr = {"linear": 1.0, "mlp": 0.05}[kind]  # each reaches its best well within 40 epochs
+    params = with_changes(params, {"kind": kind}, epochs=40, patience=3, lr=lr)
+    rows, path = data
+    write_dataset(tmp_path / "val.npy", params.data, "val", 30)
+
+    def run(checkpoints=None, resume=None, stop=None):
+        cfg = params.train
+        model = build_model(params.model, 4, cfg.init_std, seeded(cfg.seed, "init"))
+        validation = Validation(DataFile(tmp_path / "val.npy"), cfg.loss, cfg.patience, None)
+
+        def halt(epoch, loss):
+            if epoch + 1 == stop:
+                raise Stop
+
+        history = fit(
+            model, rows, cfg, seeded(cfg.seed, "shuffle"), None, [halt], None, checkpoints,
+            resume, validation,
+        )  # fmt: skip
+        weights = [p.detach().clone() for p in model.parameters()]
+        return weights, history, list(validation.history), validation.best
+
+    weights, history, val, best = run()
+    assert best is not None and len(history) < 40, "early stopping did not stop: pick other params"
+    assert len(history) == best["epoch"] + 1 + 3
+    saving = checkpoints(tmp_path / "ckpt", params, path)
+    with pytest.raises(Stop):
+        run(saving, stop=stop_after + 1)
+    record = checkpoints(tmp_path / "ckpt", params, path).load()
+    assert record["epoch"] == stop_after
+    again, again_history, again_val, again_best = run(resume=record["state"])
+    assert again_history == history and again_val == val
+    assert again_best["epoch"] == best["epoch"]
+    for mine, theirs in zip(again, weights, strict=True):
+        assert torch.equal(mine, theirs)
