@@ -4,8 +4,10 @@ reference.minimizer_converged says whether they converged).
 
 Reads:  params.yaml (data.true_w, data.true_b, data.noise_std, data.target, train.loss,
         compute.cpu), environment.yaml,
-        models/model.safetensors, data/train.npy, data/test.npy, data/features.json
-Writes: metrics/evaluate.json (test.mae, test.rmse, test.r2, train.mae, reference.test_mae,
+        models/model.safetensors, data/train.npy, data/val.npy, data/test.npy,
+        data/features.json
+Writes: metrics/evaluate.json (val.mae, val.rmse: to choose by; test.mae, test.rmse, test.r2,
+        train.mae, reference.test_mae,
         ...; a table's rows per split and rows dropped),
         plots/predictions.tsv (a sample of test rows with predictions),
         plots/curves.tsv (model and true function along each feature)
@@ -28,7 +30,14 @@ from torchreg.config import DataConfig, load_params
 from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.environment import ENVIRONMENT_FILE
 from torchreg.errors import DataError
-from torchreg.evaluation import SAMPLE_ROWS, curve_rows, evaluate, prediction_rows
+from torchreg.evaluation import (
+    SAMPLE_ROWS,
+    curve_rows,
+    evaluate,
+    prediction_errors,
+    prediction_rows,
+    rounded,
+)
 from torchreg.files import check_writable, read_json, write_json, write_tsv
 from torchreg.model import TRAIN_HINT, load_model
 
@@ -44,12 +53,15 @@ def run(
     loss: str = "mae",
     own_paths: frozenset[str] = frozenset(),
     features_path: Path | None = None,
+    val_path: Path | None = None,
 ) -> dict:
     """`loss` is train.loss, the loss whose exact minimizer the linear model is compared with.
     `own_paths`: the inputs ("model", "train", "test") the user named; a missing one is only
     said to be missing, while a missing pipeline path names the stage that makes it.
     `features_path`: prepare's features.json; a table has no true function, so its metrics
-    compare the model with the fits on the training split alone."""
+    compare the model with the fits on the training split alone. `val_path`: the validation
+    split, whose metrics (val.mae, val.rmse) are the ones to choose a model by: the test split
+    is only reported."""
     check_writable(*out.values())
     model, _, n_features = load_model(model_path, None if "model" in own_paths else TRAIN_HINT)
     train = DataFile(train_path, None if "train" in own_paths else GENERATE_HINT)
@@ -68,6 +80,14 @@ def run(
             "rerun the pipeline (dvc repro)"
         )
     metrics = evaluate(model, truth, train, test, loss)
+    if val_path is not None:
+        val = DataFile(val_path, None if "val" in own_paths else GENERATE_HINT)
+        if val.n_features != n_features:
+            raise DataError(
+                f"{val_path} has {val.n_features} features but {model_path} expects "
+                f"{n_features}: rerun the pipeline (dvc repro)"
+            )
+        metrics = {"val": rounded(prediction_errors(model, val)), **metrics}
     if truth is None:
         metrics["data"] = {k: prepared.get(k) for k in ("rows", "dropped_rows")}
     # Write the tables first and the metrics last: a complete metrics file marks a complete run.
@@ -98,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         "--train", type=Path, default=Path("data/train.npy"), help="the training set to read"
     )
     parser.add_argument(
+        "--val", type=Path, default=Path("data/val.npy"), help="the validation set to read"
+    )
+    parser.add_argument(
         "--test", type=Path, default=Path("data/test.npy"), help="the test set to read"
     )
     parser.add_argument(
@@ -126,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     out = {"metrics": args.metrics, "predictions": args.predictions, "curves": args.curves}
-    names = ("model", "train", "test")
+    names = ("model", "train", "val", "test")
     own = frozenset(k for k in names if getattr(args, k) != parser.get_default(k))
 
     def body() -> dict:
@@ -134,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         cpu.use(params.compute.cpu)
         environment.check("evaluate", params.compute.cpu, args.params.parent / ENVIRONMENT_FILE)
         inputs = (args.model, args.train, args.test)
-        return run(params.data, *inputs, out, params.train.loss, own, args.features)
+        return run(params.data, *inputs, out, params.train.loss, own, args.features, args.val)
 
     run_main("evaluate", body)
 

@@ -28,16 +28,21 @@ import sys
 from pathlib import Path
 
 from torchreg import cpu, environment
-from torchreg.budget import check_memory, check_processes, train_bytes
 from torchreg.checkpoint import DEFAULT_PATH, Checkpoints, RunKey
 from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.environment import ENVIRONMENT_FILE
-from torchreg.files import check_writable
 from torchreg.model import build_model, read_features, save_model
 from torchreg.tracking import LiveLog, Progress
-from torchreg.training import Validation, Windows, fit, seeded
+from torchreg.training import (
+    Validation,
+    check_budget,
+    check_outputs,
+    describe,
+    fit,
+    seeded,
+)
 
 log = logging.getLogger("train")
 DVC_FILE = Path(__file__).resolve().parents[1] / "dvc.yaml"  # this stage's inputs
@@ -82,18 +87,7 @@ def run(
     )  # fmt: skip
     if not ctx.is_writer:
         return train(on_epoch=())
-    log.info(
-        "%s model, %s loss, %s (lr %g), %d epochs of %d rows in batches of %d on %s x %d",
-        params.model.kind,
-        cfg.loss,
-        cfg.optimizer,
-        cfg.lr,
-        cfg.epochs,
-        data.rows,
-        cfg.batch_size,
-        ctx.device.type,
-        ctx.world_size,
-    )
+    log.info(describe(params, data.rows, ctx))
     done = [] if resume is None else resume["history"].tolist()
     if done:
         log.info("resuming after epoch %d of %d from %s", len(done), cfg.epochs, checkpoints.path)
@@ -105,72 +99,22 @@ def run(
     if checkpoints is not None:
         checkpoints.remove()
     if validation is not None and validation.best is not None:
-        best = validation.best
-        log.info(
-            "best validation loss %.6f after epoch %d (train.patience %d): its weights are kept",
-            best["loss"], best["epoch"] + 1, cfg.patience,
-        )  # fmt: skip
+        log.info(validation.summary())
     log.info("final loss %.6f; wrote %s", history[-1], model_path)
     return history
 
 
-def check_outputs(model_path: Path, live_dir: Path) -> None:
-    """Refuse before any work if the model or the DVCLive log cannot be written."""
-    check_writable(model_path, live_dir / "metrics.json", live_dir / "plots/metrics/x.tsv")
-
-
-def check_budget(params: Params, data: DataFile) -> None:
-    """Refuse a run this machine cannot hold before any big allocation (and before launching
-    ranks): processes against cores, memory against what is available."""
-    cfg = params.train
-    check_processes(cfg.nproc, cfg.device)
-    window = (
-        min(data.rows, Windows.rows_per_window(data.columns, cfg.batch_size)) * data.columns * 4
-    )
-    needed = cfg.nproc * train_bytes(params.model, cfg, data.n_features, window)
-    check_memory(
-        needed,
-        f"training this model (model.hidden = {list(params.model.hidden)}, "
-        f"train.batch_size = {cfg.batch_size}, train.nproc = {cfg.nproc})",
-        "lower model.hidden, train.batch_size or train.nproc",
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__, "model.* and train.*")
-    parser.add_argument(
-        "--data", type=Path, default=Path("data/train.npy"), help="the training set to read"
-    )
-    parser.add_argument(
-        "--val",
-        type=Path,
-        default=Path("data/val.npy"),
-        help="the validation set (its loss is logged per epoch; train.patience stops on it)",
-    )
-    parser.add_argument(
-        "--features",
-        type=Path,
-        default=Path("data/features.json"),
-        help="the prepare stage's column names and standardisation (into the model file)",
-    )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=Path("models/model.safetensors"),
-        help="where to write the trained weights",
-    )
-    parser.add_argument(
-        "--live-dir",
-        type=Path,
-        default=Path("dvclive"),
-        help="DVCLive folder for the loss metrics and curve",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=DEFAULT_PATH,
-        help="where to keep the training state while training (resumed from if it matches)",
-    )
+    for option, default, what in (
+        ("--data", "data/train.npy", "the training set to read"),
+        ("--val", "data/val.npy", "the validation set (its loss per epoch; train.patience)"),
+        ("--features", "data/features.json", "prepare's names and standardisation of a table"),
+        ("--model", "models/model.safetensors", "where to write the trained weights"),
+        ("--live-dir", "dvclive", "DVCLive folder for the loss metrics and curves"),
+        ("--checkpoint", DEFAULT_PATH, "where to keep the training state while training"),
+    ):
+        parser.add_argument(option, type=Path, default=Path(default), help=what)
     args = parser.parse_args(argv)
 
     def body() -> None:

@@ -77,6 +77,22 @@ def configs(base):
     )
     for target in ("quadratic", "sine"):
         yield variant(f"{target}-mlp-adam", {"target": target}, {"kind": "mlp"}, optimizer="adam")
+    # A user's tables: parsing, the hash split and the standardisation, then early stopping.
+    for table, target, model, missing in (
+        ("cars.csv", "Miles_per_Gallon", "linear", "drop"),
+        ("diabetes.csv", "progression", "mlp", "refuse"),
+    ):
+        path = str(ROOT / "examples/tables" / table)
+        own = base.data.table.model_copy(
+            update={"path": path, "target": target, "missing": missing}
+        )
+        yield variant(
+            f"table-{table}-{model}",
+            {"source": "table", "table": own},
+            {"kind": model},
+            lr=0.01,
+            patience=3,
+        )
 
 
 def main(workdir: Path, epochs: int | None = None) -> None:
@@ -88,13 +104,19 @@ def main(workdir: Path, epochs: int | None = None) -> None:
             params = params.model_copy(
                 update={"train": cfg.model_copy(update={"epochs": min(cfg.epochs, epochs)})}
             )
-        data = workdir / f"data-{params.data.target}-{params.data.n_train}"
+        source = params.data
+        what = Path(source.table.path).stem if source.source == "table" else source.target
+        data = workdir / f"data-{source.source}-{what}-{source.n_train}"
         if not data.exists():
             out = {split: data / f"{split}.npy" for split in ("train", "val", "test")}
             prepare.run(params.data, out, data / "features.json")
         out = workdir / name
         ctx = RunContext(torch.device("cpu"))
-        train.run(params, ctx, data / "train.npy", out / "model.safetensors", out / "dvclive")
+        features = data / "features.json"
+        train.run(
+            params, ctx, data / "train.npy", out / "model.safetensors", out / "dvclive", None,
+            data / "val.npy", features,
+        )  # fmt: skip
         evaluate.run(
             params.data,
             out / "model.safetensors",
@@ -102,6 +124,8 @@ def main(workdir: Path, epochs: int | None = None) -> None:
             data / "test.npy",
             {k: out / f"{k}.out" for k in ("metrics", "predictions", "curves")},
             params.train.loss,
+            frozenset(),
+            features,
         )
         for path in sorted(p for p in [*data.iterdir(), *out.rglob("*")] if p.is_file()):
             digests[str(path.relative_to(workdir))] = hashlib.md5(path.read_bytes()).hexdigest()

@@ -53,3 +53,16 @@ def test_a_model_file_too_big_for_this_machine_is_refused_before_building(
     with pytest.raises(ConfigError, match="the model (file|in) .*m.safetensors"):
         load_model(tmp_path / "m.safetensors")
     assert not built
+
+
+def test_a_batch_larger_than_the_training_set_is_counted_as_the_set(tmp_path, params):
+    """train.batch_size: 1e9 on 200 rows trains in batches of 200: the check counts those (it
+    refused such a run once, as needing 551.7 GiB)."""
+    from torchreg.data import DataFile, write_dataset
+    from torchreg.training import check_budget
+
+    write_dataset(tmp_path / "train.npy", params.data, "train", 200)
+    huge = params.model_copy(
+        update={"train": params.train.model_copy(update={"batch_size": 10**9})}
+    )
+    check_budget(huge, DataFile(tmp_path / "train.npy"))  # nothing raised

@@ -120,9 +120,12 @@ def test_compare_two_experiments(repo):
     images = list((out / "static").glob("*fit.png"))
     assert len(images) >= 2  # one fit picture per experiment, side by side
     data = json.loads(run(["dvc", "plots", "diff", "fast", "slow", "--json"], repo).stdout)
-    (loss,) = data["data"]["Training loss"]
-    assert loss["revisions"] == ["fast", "slow"]  # both curves overlaid in one chart
-    assert {row["rev"] for row in loss["content"]["data"]["values"]} == {"fast", "slow"}
+    curves = data["data"]["Training and validation loss"]
+    for loss in curves:  # both experiments' curves overlaid in one chart
+        assert loss["revisions"] == ["fast", "slow"]
+        assert {row["rev"] for row in loss["content"]["data"]["values"]} == {"fast", "slow"}
+    shown = json.dumps(curves)
+    assert "train_loss" in shown and "val_loss" in shown
 
 
 def test_activation_lesson_script(built):
@@ -141,13 +144,23 @@ def test_activation_lesson_script(built):
 def test_every_param_can_be_set_with_dash_s(repo):
     """One experiment overriding every key in params.yaml at once, through DVC's own -S."""
     overrides = {
+        "data.source": "synthetic",
         "data.seed": "3",
         "data.true_w": "[1.5, -2.0, 0.5]",
         "data.true_b": "-0.5",
         "data.n_train": "300",
+        "data.n_val": "50",
         "data.n_test": "100",
         "data.noise_std": "0.05",
         "data.target": "sine",
+        "data.table.path": "examples/tables/diabetes.csv",
+        "data.table.target": "progression",
+        "data.table.features": "[age, bmi]",
+        "data.table.missing": "drop",
+        "data.table.standardize": "false",
+        "data.table.delimiter": ";",
+        "data.table.val_fraction": "0.2",
+        "data.table.test_fraction": "0.1",
         "model.kind": "mlp",
         "model.hidden": "[8, 4]",
         "model.activation": "tanh",
@@ -164,13 +177,19 @@ def test_every_param_can_be_set_with_dash_s(repo):
         "train.average": "swa",
         "train.average_start": "0.25",
         "train.checkpoint_every_s": "30",
+        "train.patience": "0",
         "plot.feature": "2",
         "compute.cpu": "native",
     }
     import yaml
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert {f"{s}.{k}" for s, v in params.items() for k in v} == set(overrides)
+    def leaves(node, prefix=""):
+        if isinstance(node, dict):
+            return {k for key, v in node.items() for k in leaves(v, f"{prefix}{key}.")}
+        return {prefix[:-1]}
+
+    assert leaves(params) == set(overrides)
     run(
         [
             "dvc",

@@ -63,7 +63,8 @@ def train(folder: Path, out: str, kill_at: str | None = None) -> subprocess.Comp
     env = subprocess_env(ROOT / "src", TORCHREG_DIST_TIMEOUT_S="20")
     if kill_at:
         env["TORCHREG_KILL_AT"] = kill_at
-    args = ["--params", "params.yaml", "--data", "../data/train.npy"]
+    args = ["--params", "params.yaml", "--data", "../data/train.npy", "--val", "../data/val.npy"]
+    args += ["--features", "../data/features.json"]
     args += ["--model", f"{out}/model.safetensors", "--live-dir", f"{out}/dvclive"]
     args += ["--checkpoint", "checkpoints/train.ckpt"]
     return subprocess.run(
@@ -87,7 +88,8 @@ from torchreg.context import RunContext
 for folder in map(Path, sys.argv[2:]):
     train.run(load_params(folder / "params.yaml"), RunContext(torch.device("cpu")),
               folder.parent / "data/train.npy", folder / "plain/model.safetensors",
-              folder / "plain/dvclive")
+              folder / "plain/dvclive", None, folder.parent / "data/val.npy",
+              folder.parent / "data/features.json")
 """
 
 

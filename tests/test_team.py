@@ -145,7 +145,7 @@ def test_three_machines_share_one_experiment_history(repo, tmp_path, dvc_remote,
     first, second = (name for name, _ in SWEEP.values())
     assert trained[first]["model"] != trained[second]["model"]
     # The remote is content-addressed: b's data is a's data, so only b's model is new.
-    assert "3 files uploaded" in trained[first]["uploaded"]
+    assert "5 files uploaded" in trained[first]["uploaded"]
     assert "1 file uploaded" in trained[second]["uploaded"]
 
     # Machine c sees both experiments without downloading any output...

@@ -220,7 +220,7 @@ def evaluate(
             true_w = torch.tensor(cfg.true_w, dtype=torch.float64)
             metrics["learned"]["w_max_error"] = (w - true_w).abs().max().item()
             metrics["learned"]["b_error"] = abs(b - cfg.true_b)
-    return _rounded(metrics)
+    return rounded(metrics)
 
 
 @torch.inference_mode()
@@ -243,12 +243,12 @@ def mean_loss(model: LinearRegression, rows: Rows, loss: str) -> float:
     return _total_loss(rows, wb, loss) / as_rows(rows).rows
 
 
-def _rounded(obj: object) -> object:
+def rounded(obj: object) -> object:
     """Round floats so metrics files read well and diff cleanly."""
     if isinstance(obj, dict):
-        return {k: _rounded(v) for k, v in obj.items()}
+        return {k: rounded(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_rounded(v) for v in obj]
+        return [rounded(v) for v in obj]
     return float(f"{obj:.7g}") if isinstance(obj, float) else obj
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,11 +32,13 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR
 from torch.optim.swa_utils import AveragedModel
 
+from torchreg.budget import check_memory, check_processes, train_bytes
 from torchreg.checkpoint import Checkpoints, kill_point
-from torchreg.config import TrainConfig
+from torchreg.config import Params, TrainConfig
 from torchreg.context import RunContext
 from torchreg.data import CHUNK_ROWS, DataFile, as_rows, stream_seed
 from torchreg.errors import DivergenceError
+from torchreg.files import check_writable
 from torchreg.model import LinearRegression
 
 HUBER_DELTA = 1.0
@@ -119,6 +122,40 @@ def fit(
     return history
 
 
+def check_outputs(model_path: Path, live_dir: Path) -> None:
+    """Refuse before any work if the model or the DVCLive log cannot be written."""
+    check_writable(model_path, live_dir / "metrics.json", live_dir / "plots/metrics/x.tsv")
+
+
+def check_budget(params: Params, data: DataFile) -> None:
+    """Refuse a run this machine cannot hold before any big allocation (and before launching
+    ranks): processes against cores, memory against what is available. A batch is never
+    larger than the training set, whatever train.batch_size says."""
+    cfg = params.train
+    check_processes(cfg.nproc, cfg.device)
+    window = (
+        min(data.rows, Windows.rows_per_window(data.columns, cfg.batch_size)) * data.columns * 4
+    )
+    batch = cfg.model_copy(update={"batch_size": min(cfg.batch_size, data.rows)})
+    needed = cfg.nproc * train_bytes(params.model, batch, data.n_features, window)
+    check_memory(
+        needed,
+        f"training this model (model.hidden = {list(params.model.hidden)}, "
+        f"train.batch_size = {cfg.batch_size}, train.nproc = {cfg.nproc})",
+        "lower model.hidden, train.batch_size or train.nproc",
+    )
+
+
+def describe(params: Params, rows: int, ctx: RunContext) -> str:
+    """The run in one line, for the log."""
+    cfg = params.train
+    return (
+        f"{params.model.kind} model, {cfg.loss} loss, {cfg.optimizer} (lr {cfg.lr:g}), "
+        f"{cfg.epochs} epochs of {rows} rows in batches of {cfg.batch_size} on "
+        f"{ctx.device.type} x {ctx.world_size}"
+    )
+
+
 def training_state(
     step: Step,
     generator: torch.Generator,
@@ -181,6 +218,13 @@ class Validation:
             self.best = {"epoch": epoch, "loss": loss, "weights": weights}
             return False
         return epoch - self.best["epoch"] >= self.patience
+
+    def summary(self) -> str:
+        best = self.best
+        return (
+            f"best validation loss {best['loss']:.6f} after epoch {best['epoch'] + 1} "
+            f"(train.patience {self.patience}): its weights are kept"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": torch.tensor(self.history, dtype=torch.float64), "best": self.best}
