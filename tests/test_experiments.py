@@ -184,6 +184,7 @@ def test_every_param_can_be_set_with_dash_s(repo):
     import yaml
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
+
     def leaves(node, prefix=""):
         if isinstance(node, dict):
             return {k for key, v in node.items() for k in leaves(v, f"{prefix}{key}.")}
