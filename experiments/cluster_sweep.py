@@ -327,12 +327,13 @@ def run_grid(
 ) -> tuple[list[Outcome], float]:
     """Submit every grid point not on origin yet, wait for them all; return the outcomes (in
     grid order) and the seconds from submitting to the last one's end."""
-    import cloudpickle
     from distributed import as_completed
 
     if run_point.__module__ != "__main__":
-        # Send the task's code with it: a worker needs dvc and Dask, not this file.
-        cloudpickle.register_pickle_by_value(sys.modules[run_point.__module__])
+        # Imported (by the search, a bench): the scheduler and the workers unpickle the task
+        # by this module's name, so they get the file itself (Dask's own way; a worker that
+        # joins or restarts later gets it too). Run as a script, the task goes by value.
+        client.upload_file(sys.modules[run_point.__module__].__file__)
     outcomes: dict[str, Outcome] = {}
     futures = []
     start, submitted = time.perf_counter(), time.time()

@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import random
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from support import ROOT, run
+from support import ROOT, run, subprocess_env
 
 sys.path.insert(0, str(ROOT / "experiments"))
 from cluster_sweep import SweepError, experiment_name  # noqa: E402
 from search import Param, best_of, read_space, search  # noqa: E402
+
+from test_cluster_sweep import cluster, show  # noqa: E402, F401 - the sweep's cluster fixture
 
 SPACE = """\
 train.lr: {float: [1.0e-4, 0.1], log: true}
@@ -178,3 +185,83 @@ def test_the_command_refuses_in_one_line(args, says):
     result = run([sys.executable, "experiments/search.py", *argv], ROOT, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert says in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+# --- slow: a cluster of separate processes ------------------------------------------------
+
+SLOW_SPACE = """\
+train.lr: {float: [0.005, 0.2], log: true}
+train.batch_size: {choice: [16, 64]}
+"""
+
+
+def searching(repo, *args: str, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+    from test_cluster_sweep import S3_ENV
+
+    cmd = [sys.executable, "experiments/search.py", "--space", "space.yaml", "--trials", "4"]
+    cmd += ["--batch", "2", "--seed", "5", *args]
+    if popen:
+        return subprocess.Popen(cmd, cwd=repo, env=subprocess_env(**S3_ENV), **popen)
+    result = run(cmd, repo, check=False, env=subprocess_env(**S3_ENV), timeout=600)
+    print(f"$ search {' '.join(args)}\n{result.stdout}{result.stderr}")
+    return result
+
+
+def search_project(tmp) -> Path:
+    from test_cluster_sweep import project
+
+    repo = project(tmp, [])
+    (repo / "space.yaml").write_text(SLOW_SPACE)
+    return repo
+
+
+def trial_rows(repo) -> list[list[str]]:
+    """trials.tsv without the best-so-far column's header: number, name, params, metric."""
+    return [line.split("\t") for line in (repo / "search/trials.tsv").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_search_survives_its_client_killed_and_the_number_of_workers_changes_nothing(
+    cluster,  # noqa: F811 - the fixture imported above
+    tmp_path,
+):
+    """On the two-worker cluster: the client killed with SIGKILL once the first batch has
+    landed, then run again, ends the search; a rerun trains nothing. The same search with one
+    worker (a local cluster), from another origin, gives the same trials and best."""
+    from test_cluster_sweep import origin_refs
+
+    repo = search_project(tmp_path / "two")
+    proc = searching(repo, "--scheduler", cluster, start_new_session=True,
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 400
+    while len(origin_refs(repo)) < 2:  # the first batch (2 trials) has landed
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    landed = origin_refs(repo)
+    assert not (repo / "search/trials.tsv").exists()
+    resumed = searching(repo, "--scheduler", cluster)
+    assert resumed.returncode == 0, resumed.stderr
+    refs = origin_refs(repo)
+    assert len(refs) == 4 and set(landed) <= set(refs)
+    assert all(refs[name] == sha for name, sha in landed.items())  # not trained again
+    rows = trial_rows(repo)
+    assert [r[0] for r in rows] == ["trial", "0", "1", "2", "3"]
+    best = min(rows[1:], key=lambda r: (float(r[4]), int(r[0])))
+    assert f"best trial {best[0]}: {best[1]} " in resumed.stdout
+    assert f"dvc exp apply {best[1]}" in resumed.stdout
+    assert (repo / "search/search.png").stat().st_size > 10_000
+
+    again = searching(repo, "--scheduler", cluster)
+    assert again.returncode == 0 and origin_refs(repo) == refs
+    assert "done" not in again.stderr.replace("already", "")  # every trial: existed
+    assert trial_rows(repo) == rows
+
+    one = search_project(tmp_path / "one")
+    alone = searching(one, "--workers", "1")
+    assert alone.returncode == 0, alone.stderr
+    assert trial_rows(one) == rows
+    for name in refs:  # the same experiments, to the byte
+        path = "metrics/evaluate.json"
+        assert show(one, name, path) == show(repo, name, path)
