@@ -5,13 +5,13 @@ side by side in this same run, because shared machines are noisy.
 
     python bench/run.py                 # everything (about 25 minutes on 2 cores)
     python bench/run.py --only loop     # sections: loop, pipeline, sweep, cluster, tests, scale,
-                                        #   huge, ddp, predict, cpu, checkpoints, table
+                                        #   huge, ddp, predict, cpu, checkpoints, table, search
                                         #   (repeatable)
     python bench/run.py --quick         # a smoke run with tiny sizes (used by the tests)
 
 The sections live in bench/loop.py, pipeline.py, sweeps.py, cluster.py, suite.py, scale.py,
-predict.py, cpu_settings.py, checkpoints.py and table.py; bench/common.py holds the table and
-the timing helpers they share.
+predict.py, cpu_settings.py, checkpoints.py, table.py and search_vs_grid.py; bench/common.py
+holds the table and the timing helpers they share.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from common import ROOT, Table, machine
 from loop import bench_loop
 from pipeline import bench_pipeline
 from scale import bench_ddp, bench_huge, bench_scale
+from search_vs_grid import bench_search
 from suite import bench_suite
 from sweeps import bench_sweep
 from table import bench_table
@@ -46,6 +47,7 @@ SECTIONS = (
     "cpu",
     "checkpoints",
     "table",
+    "search",
 )
 PREDICT_GB = 0.25  # 1 GB (bench/predict.py's default) takes minutes on 2 cores
 TABLE_GB = 1.0  # the issue's size: a CSV of 1 GB (and one of 1/8 GB), each also as Parquet
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_checkpoints(table, repeats, work, rows, epochs)
         if "table" in sections:
             bench_table(table, repeats, work, 0.01 if quick else TABLE_GB)
+        if "search" in sections:
+            bench_search(table, quick)
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = (
         f"# Benchmarks\n\nMachine: {desc}\n\nCommand: `{command.strip()}` "

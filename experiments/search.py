@@ -238,6 +238,12 @@ def cluster_runner(client, sweep, metric: str, scratch: str | None) -> RunBatch:
 
     def run_batch(points: list[Point]) -> list[float | None]:
         outcomes, _ = cluster_sweep.run_grid(client, sweep, points, scratch)
+        counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "existed", "failed")}
+        print(
+            f"search: a batch of {len(points)}: {counts['done']} run, {counts['existed']} already "
+            f"on origin, {counts['failed']} failed",
+            file=sys.stderr,
+        )
         landed = [o.name for o in outcomes if o.status != "failed"]
         cluster_sweep.gather(sweep.repo, landed)
         for out in outcomes:

@@ -158,7 +158,7 @@ def test_every_param_can_be_set_with_dash_s(repo):
         "data.table.features": "[age, bmi]",
         "data.table.missing": "drop",
         "data.table.standardize": "false",
-        "data.table.delimiter": ";",
+        "data.table.delimiter": "';'",
         "data.table.val_fraction": "0.2",
         "data.table.test_fraction": "0.1",
         "model.kind": "mlp",
