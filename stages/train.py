@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from torchreg import cpu, environment
-from torchreg.checkpoint import DEFAULT_PATH, Checkpoints, RunKey
+from torchreg.checkpoint import DEFAULT_PATH, RunKey, check_checkpoint_path
 from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
@@ -41,6 +41,7 @@ from torchreg.training import (
     check_outputs,
     describe,
     fit,
+    open_checkpoint,
     seeded,
 )
 
@@ -73,12 +74,7 @@ def run(
         validation = Validation(DataFile(val_path), cfg.loss, cfg.patience, ctx.device)
     model = build_model(params.model, data.n_features, cfg.init_std, seeded(cfg.seed, "init"))
     model.to(ctx.device)
-    checkpoints, resume = None, None
-    if checkpoint is not None:
-        checkpoint_path, key = checkpoint
-        checkpoints = Checkpoints(checkpoint_path, key, cfg.checkpoint_every_s, ctx.is_writer)
-        record = checkpoints.load()
-        resume = None if record is None else record["state"]
+    checkpoints, resume = open_checkpoint(checkpoint, model, cfg, ctx.is_writer, validation)
     if resume is not None and validation is not None:
         validation.load_state_dict(resume["validation"])  # the losses logged so far
     train = functools.partial(
@@ -123,6 +119,12 @@ def main(argv: list[str] | None = None) -> None:
         environment.check("train", params.compute.cpu, args.params.parent / ENVIRONMENT_FILE)
         if not under_torchrun():  # checked once, by the process that starts the run
             check_outputs(args.model, args.live_dir)
+            others = {
+                "training data": args.data, "validation data": args.val,
+                "features file": args.features, "params file": args.params,
+                "model": args.model, "DVCLive folder": args.live_dir,
+            }  # fmt: skip
+            check_checkpoint_path(args.checkpoint, others)
             hint = GENERATE_HINT if args.data == parser.get_default("data") else None
             check_budget(params, DataFile(args.data, hint))
         if params.train.nproc > 1 and not under_torchrun():

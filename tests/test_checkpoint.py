@@ -8,6 +8,7 @@ import io
 import logging
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -368,3 +369,164 @@ def test_early_stopping_resumes_to_the_same_bytes(params, data, tmp_path, kind, 
     assert again_best["epoch"] == best["epoch"]
     for mine, theirs in zip(again, weights, strict=True):
         assert torch.equal(mine, theirs)
+
+
+# --- what a checkpoint may be, and what of it is trusted ----------------------------------
+
+
+def crafted(ckpt, change):
+    """Rewrite the checkpoint with `change(record)` applied, sealed again (a valid digest)."""
+    record = torch.load(io.BytesIO(ckpt.read_bytes()[32:]), weights_only=True)
+    change(record)
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    payload = buffer.getvalue()
+    ckpt.write_bytes(hashlib.sha256(payload).digest() + payload)
+
+
+def set_in(*path, value):
+    def change(record):
+        node = record["state"]
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value(node[path[-1]]) if callable(value) else value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (set_in("history", value=lambda h: torch.zeros(25, dtype=torch.float64)),
+         "it is after epoch 25, outside 1..5 of this run"),
+        (set_in("history", value=lambda h: h.float()), "not a float64 tensor"),
+        (set_in("step", "wb", value=lambda w: w[:2]), "step.wb is torch.float32 [2], this run"),
+        (set_in("step", "wb", value=lambda w: w.double()), "step.wb is torch.float64"),
+        (set_in("step", "wb", value=lambda w: w * float("nan")), "a NaN or infinite value"),
+        (lambda r: r["state"].pop("step"), "its state does not fit this run (KeyError"),
+        (set_in("step", "schedule", value={"x": 1}), None),  # a constant lr reads no schedule
+    ],
+    ids=["epochs-past-the-run", "history-float32", "weights-shape", "weights-dtype", "nan",
+         "no-step", "unread-part"],
+)  # fmt: skip
+def test_a_record_that_does_not_fit_the_run_is_ignored(caplog, saved, change, says):
+    """The key matches (same params, data, code) but the contents are crafted: each is checked
+    against the run before anything of it is used."""
+    from torchreg.training import open_checkpoint
+
+    params, path, ckpt = saved
+    crafted(ckpt, change)
+    model = build_model(params.model, 4, params.train.init_std, seeded(0, "init"))
+    with caplog.at_level(logging.INFO, logger="torchreg.checkpoint"):
+        _, resume = open_checkpoint((ckpt, key(params, path)), model, params.train, True, None)
+    lines = [r.getMessage() for r in caplog.records]
+    if says is None:
+        assert resume is not None and not lines
+        return
+    assert resume is None
+    (line,) = lines
+    assert says in line and line.endswith("; training from scratch"), line
+
+
+def test_an_adam_state_of_other_shapes_is_ignored(caplog, params, data, tmp_path):
+    from torchreg.training import open_checkpoint
+
+    params = with_changes(params, {"kind": "mlp"}, optimizer="adam", lr=0.01)
+    rows, path = data
+    with pytest.raises(Stop):
+        train(params, rows, checkpoints(tmp_path / "ckpt", params, path), stop_after=3)
+    moments = set_in("step", "optimizer", "state", 0, "exp_avg", value=lambda m: m[:1])
+    crafted(tmp_path / "ckpt", moments)
+    model = build_model(params.model, 4, params.train.init_std, seeded(0, "init"))
+    with caplog.at_level(logging.INFO, logger="torchreg.checkpoint"):
+        run_key = key(params, path)
+        _, resume = open_checkpoint((tmp_path / "ckpt", run_key), model, params.train, True, None)
+    assert resume is None
+    assert "its optimizer's exp_avg is [1, 4], not [16, 4]" in caplog.records[0].getMessage()
+
+
+def test_a_checkpoint_larger_than_the_run_could_write_is_not_read(caplog, saved, monkeypatch):
+    params, path, ckpt = saved
+    size = ckpt.stat().st_size
+    read = []
+    monkeypatch.setattr("torchreg.checkpoint.torch.load", lambda *a, **k: read.append(1))
+    loader = Checkpoints(ckpt, key(params, path), max_bytes=size - 1)
+    line = ignored(caplog, loader)
+    assert f"it is larger than this run could have written ({size:,} bytes" in line
+    assert not read
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["model", "data", "params", "live-file", "other-file", "folder", "fifo", "device", "link"],
+)
+def test_a_checkpoint_path_that_is_something_else_is_refused_first(tmp_path, target):
+    """The checkpoint is overwritten while training and removed at the end: a path that is an
+    input, an output, inside the DVCLive folder, or any file that is not a checkpoint is
+    refused before anything is read or written, and left as it was."""
+    import os
+
+    from torchreg.checkpoint import check_checkpoint_path
+    from torchreg.errors import UserError
+
+    files = {name: tmp_path / name for name in ("model.safetensors", "train.npy", "params.yaml")}
+    for path in files.values():
+        path.write_bytes(b"precious")
+    live = tmp_path / "dvclive"
+    (live / "plots").mkdir(parents=True)
+    others = {
+        "model": files["model.safetensors"],
+        "training data": files["train.npy"],
+        "params file": files["params.yaml"],
+        "DVCLive folder": live,
+    }
+    path = {
+        "model": files["model.safetensors"],
+        "data": tmp_path / "." / "train.npy",
+        "params": files["params.yaml"],
+        "live-file": live / "plots" / "ckpt",
+        "other-file": tmp_path / "README.md",
+        "folder": tmp_path / "folder",
+        "fifo": tmp_path / "fifo",
+        "device": Path("/dev/null"),
+        "link": tmp_path / "link",
+    }[target]
+    if target == "other-file":
+        path.write_text("# notes\n")
+    elif target == "folder":
+        path.mkdir()
+    elif target == "fifo":
+        os.mkfifo(path)
+    elif target == "link":
+        path.symlink_to(files["train.npy"].name)
+    before = {p: p.read_bytes() for p in files.values()}
+    with pytest.raises(UserError) as err:
+        check_checkpoint_path(path, others)
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"--checkpoint {path} ")
+    assert {p: p.read_bytes() for p in files.values()} == before
+    if target == "other-file":
+        assert path.read_text() == "# notes\n"
+
+
+def test_a_checkpoint_path_of_a_checkpoint_or_nothing_is_accepted(saved, tmp_path):
+    from torchreg.checkpoint import check_checkpoint_path
+
+    params, path, ckpt = saved
+    check_checkpoint_path(ckpt, {"training data": path})  # a checkpoint: resumed from
+    check_checkpoint_path(tmp_path / "new" / "train.ckpt", {"training data": path})
+    assert not (tmp_path / "new").exists()  # the check leaves no folder behind
+
+
+def test_removing_the_checkpoint_removes_the_folder_it_made(params, data, tmp_path):
+    rows, path = data
+    folder = tmp_path / "checkpoints"
+    saving = checkpoints(folder / "train.ckpt", params, path)
+    saving.save({"x": torch.zeros(1)}, 1)
+    saving.remove()
+    assert not folder.exists()
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    saving = checkpoints(kept / "train.ckpt", params, path)
+    saving.save({"x": torch.zeros(1)}, 1)
+    saving.remove()
+    assert kept.is_dir()  # it was there before: kept

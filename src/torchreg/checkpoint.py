@@ -16,6 +16,7 @@ damaged file fails the digest and is ignored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -30,8 +31,8 @@ import torch
 
 from torchreg.config import Params, read_params_file
 from torchreg.environment import found
-from torchreg.errors import ConfigError
-from torchreg.files import atomic_path, open_input, remove_stale_temps
+from torchreg.errors import ConfigError, UserError
+from torchreg.files import atomic_path, check_writable, open_input, remove_stale_temps
 from torchreg.stage import LAUNCHER_ENV
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,20 @@ class Checkpoints:
     """One run's checkpoint file: what it must match, when the next one is due, saving,
     loading and removing it. Only the writing process saves or removes; every process loads."""
 
-    def __init__(self, path: Path, key: RunKey, every_s: float = 0.0, writer: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key: RunKey,
+        every_s: float = 0.0,
+        writer: bool = True,
+        max_bytes: int | None = None,
+    ) -> None:
+        """`max_bytes`: the most a checkpoint of this run can take (`max_checkpoint_bytes`); a
+        larger file is ignored unread."""
         self.path, self.key, self.every_s, self.writer = path, key, every_s, writer
+        self.max_bytes = max_bytes
+        # The folder is removed with the checkpoint if this run made it.
+        self.made_folder = not path.parent.exists()
         self.last = time.monotonic()
 
     def due(self) -> bool:
@@ -186,7 +199,13 @@ class Checkpoints:
         why it was ignored (nothing is said when there is no checkpoint)."""
         try:
             with open_input(self.path) as f:
-                raw = f.read()
+                size = os.fstat(f.fileno()).st_size
+                if self.max_bytes is not None and size > self.max_bytes:
+                    return self._ignore(
+                        f"it is larger than this run could have written ({size:,} bytes, at "
+                        f"most {self.max_bytes:,})"
+                    )
+                raw = memoryview(f.read())
         except FileNotFoundError:
             return None
         except Exception as exc:  # a folder, a FIFO, no permission: not a checkpoint
@@ -212,6 +231,10 @@ class Checkpoints:
             return self._ignore(change)
         return record
 
+    def ignore(self, why: str) -> None:
+        """Say why the checkpoint is not resumed from (the run's own checks found it unfit)."""
+        self._ignore(why)
+
     def _ignore(self, why: str) -> None:
         if self.writer:
             log.info("ignoring the checkpoint %s: %s; training from scratch", self.path, why)
@@ -222,3 +245,51 @@ class Checkpoints:
         if self.writer:
             self.path.unlink(missing_ok=True)
             remove_stale_temps(self.path)
+            if self.made_folder:
+                with contextlib.suppress(OSError):  # not empty: something else is kept there
+                    self.path.parent.rmdir()
+
+
+def max_checkpoint_bytes(n_weights: int, epochs: int) -> int:
+    """The most a checkpoint of a run can take: its weights at most eight times over (the
+    weights, an optimizer's two moments, the average, the best epoch's, with room to spare),
+    four float64 losses per epoch, and the archive's own records."""
+    return 8 * 4 * n_weights + 4 * 8 * epochs + (8 << 20)
+
+
+# The start of a checkpoint file's payload (a torch.save archive is a zip file).
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def check_checkpoint_path(path: Path, others: dict[str, Path]) -> None:
+    """Refuse, before any work, a checkpoint path that would overwrite or remove something
+    else: one of the run's inputs or outputs (`others`, by what they are), a path inside an
+    output folder, anything but a regular file, or a regular file that is not a checkpoint."""
+    for what, other in others.items():
+        inside = other.is_dir() and path.absolute().is_relative_to(other.absolute())
+        if _same_file(path, other) or inside:
+            where = "inside " if inside and not _same_file(path, other) else ""
+            raise UserError(
+                f"--checkpoint {path} is {where}the {what} ({other}): a checkpoint is "
+                "overwritten while training and removed at the end; choose another path"
+            )
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UserError(
+            f"--checkpoint {path} exists and is not a regular file: a checkpoint is a file "
+            "this run writes and removes; choose another path"
+        )
+    if path.is_file():
+        with open_input(path) as f:
+            start = f.read(32 + len(ZIP_MAGIC))
+        if start[32:] != ZIP_MAGIC:
+            raise UserError(
+                f"--checkpoint {path} exists and is not a checkpoint: it would be overwritten "
+                "and removed; choose another path (or remove it)"
+            )
+    check_writable(path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.absolute() == b.absolute() or a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)

@@ -20,6 +20,7 @@ path); the mean is what `finish` leaves in the model.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR
 from torch.optim.swa_utils import AveragedModel
 
 from torchreg.budget import check_memory, check_processes, train_bytes
-from torchreg.checkpoint import Checkpoints, kill_point
+from torchreg.checkpoint import Checkpoints, kill_point, max_checkpoint_bytes
 from torchreg.config import Params, TrainConfig
 from torchreg.context import RunContext
 from torchreg.data import CHUNK_ROWS, DataFile, as_rows, stream_seed
@@ -144,6 +145,116 @@ def check_budget(params: Params, data: DataFile) -> None:
         f"train.batch_size = {cfg.batch_size}, train.nproc = {cfg.nproc})",
         "lower model.hidden, train.batch_size or train.nproc",
     )
+
+
+def open_checkpoint(
+    checkpoint: tuple[Path, Any] | None,
+    model: nn.Module,
+    cfg: TrainConfig,
+    writer: bool,
+    validation: Validation | None,
+) -> tuple[Checkpoints | None, dict[str, Any] | None]:
+    """The run's checkpoints (None without a path and key) and the state to resume from: the
+    saved one if its key matches and it fits this run (`resume_problem`), else None."""
+    if checkpoint is None:
+        return None, None
+    path, key = checkpoint
+    limit = max_checkpoint_bytes(sum(p.numel() for p in model.parameters()), cfg.epochs)
+    checkpoints = Checkpoints(path, key, cfg.checkpoint_every_s, writer, limit)
+    record = checkpoints.load()
+    resume = None if record is None else record["state"]
+    if resume is not None and (problem := resume_problem(resume, model, cfg, validation)):
+        checkpoints.ignore(problem)
+        resume = None
+    return checkpoints, resume
+
+
+def resume_problem(
+    state: Any, model: nn.Module, cfg: TrainConfig, validation: Validation | None
+) -> str | None:
+    """Why a checkpoint's state (its key matched) cannot continue this run, or None: every
+    part the next epoch reads is checked against the run (the epoch range, every tensor's shape
+    and dtype against a fresh step's, finite values), so a crafted or mismatched record is
+    ignored in one line instead of failing mid-training or training from wrong weights."""
+    try:
+        history = state["history"]
+        if not (isinstance(history, torch.Tensor) and history.dtype == torch.float64):
+            return "its loss history is not a float64 tensor"
+        done = len(history)
+        if not 1 <= done < cfg.epochs:
+            return f"it is after epoch {done}, outside 1..{cfg.epochs - 1} of this run"
+        if validation is not None:
+            record = state["validation"]
+            if record is None or len(record["history"]) != done:
+                return f"its validation record does not cover its {done} epochs"
+            best = record["best"]
+            if best is not None and not 0 <= best["epoch"] < done:
+                return f"its best epoch {best['epoch'] + 1} is not among its {done} epochs"
+        scratch = copy.deepcopy(model).cpu()
+        fresh = make_step(scratch, cfg, RunContext(torch.device("cpu")))
+        problem = _layout_problem(fresh.state_dict(), state["step"], "step")
+        if problem is None and validation is not None and state["validation"]["best"]:
+            weights = state["validation"]["best"]["weights"]
+            problem = _layout_problem(fresh.weights(), weights, "best weights")
+        if problem is None:
+            fresh.load_state_dict(state["step"])  # what the resume does, on a copy
+            problem = _optimizer_problem(fresh)
+        if problem is None and not all(_finite(v) for v in (state, history)):
+            problem = "it holds a NaN or infinite value"
+        return problem
+    except Exception as exc:  # noqa: BLE001 - a record of any shape: every failure is a reason
+        return f"its state does not fit this run ({type(exc).__name__}: {str(exc)[:120]})"
+
+
+def _layout_problem(expected: Any, saved: Any, where: str) -> str | None:
+    """The first tensor of `expected` whose counterpart in `saved` is missing or has another
+    shape or dtype (containers walked alike; an optimizer's per-weight state is left to
+    `_optimizer_problem`, as a fresh optimizer has none)."""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(saved, torch.Tensor):
+            return f"{where} is not a tensor"
+        if saved.shape != expected.shape or saved.dtype != expected.dtype:
+            return (
+                f"{where} is {saved.dtype} {list(saved.shape)}, this run has "
+                f"{expected.dtype} {list(expected.shape)}"
+            )
+        return None
+    if isinstance(expected, dict):
+        if not isinstance(saved, dict):
+            return f"{where} is not a mapping"
+        for key, value in expected.items():
+            if key == "state" and where.endswith("optimizer"):
+                continue
+            if key not in saved:
+                return f"{where}.{key} is missing"
+            problem = _layout_problem(value, saved[key], f"{where}.{key}")
+            if problem:
+                return problem
+    return None
+
+
+def _optimizer_problem(step: Step) -> str | None:
+    optimizer = getattr(step, "optimizer", None)
+    if optimizer is None:
+        return None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for param, state in ((p, optimizer.state.get(p, {})) for p in params):
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                return f"its optimizer's {name} is {list(value.shape)}, not {list(param.shape)}"
+    return None
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(value.isfinite().all())
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_finite(v) for v in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
 
 
 def describe(params: Params, rows: int, ctx: RunContext) -> str:

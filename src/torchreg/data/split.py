@@ -147,7 +147,7 @@ def _handle_missing(
         keep = ~absent.any(axis=1)
         result.dropped += int((~keep).sum())
         return block[keep]
-    j = int(np.argwhere(absent.any(axis=0))[0][0])
+    j = int(np.argwhere(absent)[0][1])  # the column of the first missing cell, row by row
     rows = (np.flatnonzero(absent[:, j])[:MAX_NAMED_ROWS] + first_row).tolist()
     name = [*table.features, table.cfg.target][j]
     more = " ..." if absent[:, j].sum() > MAX_NAMED_ROWS else ""
@@ -198,12 +198,17 @@ def _chunks(path: Path, columns: int) -> Iterator[np.ndarray]:
 
 def _moments(path: Path, columns: int) -> tuple[list[float], list[float]]:
     """Each feature's mean and (population) standard deviation, two passes in float64: the
-    chunks' sums (each numpy's pairwise sum of one contiguous column) added in order."""
+    chunks' sums (each numpy's pairwise sum of one contiguous column) added in order. A feature
+    whose values are all equal has std 0 exactly (its mean may be off by a rounding: 0.1 * 3
+    / 3 is not 0.1, and the std of what is left would not be 0)."""
     features = columns - 1
     n, total = 0, np.zeros(features)
+    low, high = np.full(features, np.inf), np.full(features, -np.inf)
     for chunk in _chunks(path, columns):
         n += len(chunk)
         total += [np.add.reduce(np.ascontiguousarray(chunk[:, j])) for j in range(features)]
+        low = np.minimum(low, chunk[:, :features].min(axis=0))
+        high = np.maximum(high, chunk[:, :features].max(axis=0))
     mean = total / n
     squares = np.zeros(features)
     for chunk in _chunks(path, columns):
@@ -211,7 +216,9 @@ def _moments(path: Path, columns: int) -> tuple[list[float], list[float]]:
         squares += [
             np.add.reduce(np.ascontiguousarray(centred[:, j] ** 2)) for j in range(features)
         ]
-    std = [math.sqrt(s / n) for s in squares]  # math.sqrt: the exact instruction
+    std = [  # math.sqrt: the exact instruction
+        0.0 if lo == hi else math.sqrt(s / n) for s, lo, hi in zip(squares, low, high, strict=True)
+    ]
     return mean.tolist(), std
 
 

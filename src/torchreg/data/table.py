@@ -69,6 +69,10 @@ class Table:
         self._check_named(cfg.target, "data.table.target")
         for name in cfg.features:
             self._check_named(name, "data.table.features")
+        if not self.parquet and all(pa.types.is_null(kind) for kind in schema.types):
+            raise DataError(  # a header alone: no column has a type
+                f"{self.name}: no values below its header row (columns: {shown(self.columns, 200)})"
+            )
         if cfg.features:
             self.features = list(cfg.features)
         else:
@@ -101,15 +105,18 @@ class Table:
             raise DataError(f"{self.name}: cannot be read ({exc.strerror or exc})") from None
 
     def _schema(self, f: BinaryIO) -> pa.Schema:
-        if self.parquet:
-            try:
-                return pq.ParquetFile(f).schema_arrow
-            except (pa.ArrowException, OSError) as exc:
-                raise DataError(f"{self.name}: not a Parquet file ({first_line(exc)})") from None
-        try:  # the column types are inferred from the first block
-            return pcsv.open_csv(f, **self._csv_options()).schema
-        except pa.ArrowInvalid as exc:
-            raise self._csv_error(exc) from None
+        with _arrow_file(f) as source:
+            if self.parquet:
+                try:
+                    return pq.ParquetFile(source).schema_arrow
+                except (pa.ArrowException, OSError) as exc:
+                    raise DataError(
+                        f"{self.name}: not a Parquet file ({first_line(exc)})"
+                    ) from None
+            try:  # the column types are inferred from the first block
+                return pcsv.open_csv(source, **self._csv_options()).schema
+            except pa.ArrowInvalid as exc:
+                raise self._csv_error(exc) from None
 
     def _check_named(self, name: str, key: str) -> None:
         if name not in self.columns:
@@ -135,14 +142,18 @@ class Table:
             "convert_options": pcsv.ConvertOptions(
                 include_columns=columns,
                 column_types=dict.fromkeys(columns, types) if columns else None,
+                # read as text (_not_a_number), an empty cell is null too, not '' (no number)
+                strings_can_be_null=True,
             ),
         }
 
     def _csv_error(self, exc: Exception) -> DataError:
         text = first_line(exc)
-        if "Empty CSV file" in text:
+        # No row in a whole first block: the file is empty, or its first line is that long.
+        longer = "Empty CSV file" in text and self.identity[2] > BLOCK_BYTES
+        if "Empty CSV file" in text and not longer:
             return DataError(f"{self.name}: empty file (expected a header row, then rows)")
-        if "straddles two block boundaries" in text:
+        if "straddles two block boundaries" in text or longer:
             return DataError(
                 f"{self.name}: a row longer than {BLOCK_BYTES >> 20} MiB: not a table of rows "
                 "(no line breaks, or a quote that is never closed)"
@@ -173,25 +184,28 @@ class Table:
 
     def _arrow_batches(self, f: BinaryIO) -> Iterator[pa.RecordBatch]:
         columns = [*self.features, self.cfg.target]
-        if self.parquet:
+        with _arrow_file(f) as source:
+            if self.parquet:
+                try:
+                    yield from pq.ParquetFile(source).iter_batches(
+                        batch_size=CHUNK_ROWS, columns=columns
+                    )
+                except (pa.ArrowException, OSError) as exc:
+                    raise DataError(f"{self.name}: cannot be read ({first_line(exc)})") from None
+                return
             try:
-                yield from pq.ParquetFile(f).iter_batches(batch_size=CHUNK_ROWS, columns=columns)
-            except (pa.ArrowException, OSError) as exc:
-                raise DataError(f"{self.name}: cannot be read ({first_line(exc)})") from None
-            return
-        try:
-            yield from pcsv.open_csv(f, **self._csv_options(pa.float64()))
-        except pa.ArrowInvalid as exc:
-            if "conversion error" not in str(exc):
-                raise self._csv_error(exc) from None
-            raise self._not_a_number() from None
+                yield from pcsv.open_csv(source, **self._csv_options(pa.float64()))
+            except pa.ArrowInvalid as exc:
+                if "conversion error" not in str(exc):
+                    raise self._csv_error(exc) from None
+                raise self._not_a_number() from None
 
     def _not_a_number(self) -> DataError:
         """Find the first cell that is not a number, reading the columns again as text (only
         on the way to an error: the fast path parses them as numbers directly)."""
         row = self.header_rows + 1
-        with self._open() as f:
-            for batch in pcsv.open_csv(f, **self._csv_options(pa.string())):
+        with self._open() as f, _arrow_file(f) as source:
+            for batch in pcsv.open_csv(source, **self._csv_options(pa.string())):
                 bad = [
                     (_first_bad(c), name)
                     for name, c in zip(batch.schema.names, batch.columns, strict=True)
@@ -248,6 +262,14 @@ def _first_bad(column: pa.Array) -> int | None:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if _parses(column.slice(0, mid)) else (lo, mid)
     return lo
+
+
+def _arrow_file(f: BinaryIO) -> pa.NativeFile:
+    """Arrow's own file on `f`'s open file (the same file, not its path looked up again).
+    Arrow reads ahead on threads of its own; through a Python file those threads call into
+    Python, and a read still under way when the process exits (after an error) hangs the
+    exit or aborts it."""
+    return pa.OSFile(f"/dev/fd/{f.fileno()}")
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
