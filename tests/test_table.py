@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import pytest
 
 from support import ROOT, subprocess_env
 from torchreg.config import parse_params
+from torchreg.data import CHUNK_ROWS
 from torchreg.data.split import SPLITS, assign
 from torchreg.data.table import BLOCK_BYTES, Table
 
@@ -109,8 +111,7 @@ def refused(capsys, raw_params, name: str, content, patch=None, **table) -> str:
         prepare.main([])
     err = capsys.readouterr().err
     assert exc.value.code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("prepare: error: "), err
-    assert f"{name}" in err, err
+    assert len(err.splitlines()) == 1 and err.startswith(f"prepare: error: {name}"), err
     assert sorted(os.listdir("data")) == sorted(OUTPUTS)
     assert outputs() == before
     return err.strip()
@@ -156,10 +157,15 @@ def test_a_value_that_is_not_a_number(workdir, raw_params, capsys, before):
     assert line.endswith("t.csv: row 7, column 'b': 'twelve' is not a number"), line
 
 
-def test_a_value_that_is_not_a_number_after_the_first_block(workdir, raw_params, capsys):
+@pytest.mark.parametrize(
+    "pad",
+    ["t" * 1000, '"' + ("t" * 99 + "\n") * 10 + '"'],  # quoted newlines: also at the block's end
+    ids=["one-line-rows", "quoted-newlines"],
+)
+def test_a_value_that_is_not_a_number_after_the_first_block(workdir, raw_params, capsys, pad):
     """Column types are inferred from the first block (b holds integers there); the row named
-    for the bad cell past it is still the row a person counts."""
-    pad = "t" * 1000  # a text column, left out by the default features
+    for the bad cell past it is still the row a person counts. `pad`: a text column, left out
+    by the default features."""
     rows = BLOCK_BYTES // len(pad) + 50  # just past one block
     bad = rows + 2  # the header is row 1
     body = "".join(f"{i},{i % 7},{i % 5}.5,{pad}\n" for i in range(rows))
@@ -208,6 +214,25 @@ def test_values_beyond_float32(workdir, raw_params, capsys, column, cell, said):
     text = put(csv(numbers(40)), 6, column, cell)
     line = refused(capsys, raw_params, "t.csv", text)
     assert f"t.csv: row 6, column '{column}': {said}" in line, line
+
+
+@pytest.mark.parametrize(
+    ("at", "column", "value", "said"),
+    [
+        ([CHUNK_ROWS + 9], "b", np.inf, "row 65546, column 'b': inf is not a finite number"),
+        ([4, 9, 11, 12], "a", np.nan, "column 'a' has missing values (rows 5, 10, 12 ...)"),
+    ],
+    ids=["inf-in-the-second-batch", "missing"],
+)
+def test_parquet_rows_are_numbered_from_1(workdir, raw_params, capsys, at, column, value, said):
+    values = numbers(CHUNK_ROWS + 100)  # two batches
+    values[at, NAMES.index(column)] = value
+
+    def parquet(path):
+        pq.write_table(pa.table(dict(zip(NAMES, values.T, strict=True))), path)
+
+    line = refused(capsys, raw_params, "t.parquet", parquet)
+    assert line.startswith(f"prepare: error: t.parquet: {said}"), line
 
 
 def test_an_empty_file(workdir, raw_params, capsys):
@@ -296,12 +321,12 @@ def no_line_breaks(path: Path) -> None:
 def test_a_huge_single_line(workdir, raw_params, capsys):
     line = refused(capsys, raw_params, "t.csv", no_line_breaks)
     assert line.endswith(
-        "t.csv: a row longer than 16 MiB: not a table of rows (no line breaks, or a quote "
-        "that is never closed)"
+        f"t.csv: a row longer than {BLOCK_BYTES >> 20} MiB: not a table of rows (no line "
+        "breaks, or a quote that is never closed)"
     ), line
 
 
-def run_alone(workdir: Path, timeout: float = 60) -> tuple[int, str, int]:
+def run_alone(workdir: Path, timeout: float = 20) -> tuple[int, str, int]:
     """The prepare stage as a process of its own: its exit status, its stderr and its peak
     memory (bytes). A process that hangs fails the test."""
     with (workdir / "stderr").open("w+") as err:
@@ -362,7 +387,7 @@ def test_arrow_reads_through_its_own_files(workdir, raw_params, monkeypatch):
     pq.write_table(pa.table(dict(zip(NAMES, numbers(40).T, strict=True))), "t.parquet")
     prepared(raw_params, "t.parquet")
     write("bad.csv", put(csv(numbers(40)), 4, "a", "x"))
-    use_table(raw_params, "bad.csv")
+    use_table(raw_params, "bad.csv", features=["a", "b"])  # read again as text, to name it
     with pytest.raises(SystemExit):
         prepare.main([])
     assert len(seen) >= 6
@@ -483,19 +508,18 @@ def test_appended_rows_leave_every_old_row_in_its_split(workdir, raw_params):
 
 def test_a_duplicated_row_lands_in_one_split(workdir, raw_params):
     values = numbers(100)
-    copies = np.concatenate([values, values[::-1], values[::3]])  # each row 2 or 3 times
+    zero = numbers(30, seed=3)
+    zero[:, 1] = 0.0
+    negative = zero.copy()
+    negative[:, 1] = -0.0  # written -0.0: the same value as 0.0
+    copies = np.concatenate([values, zero, values[::-1], negative, values[::3]])
     record = prepared(raw_params, "t.csv", csv(copies), standardize=False)
     assert sum(record["rows"].values()) == len(copies)
     found = split_of_rows(list(NAMES))  # fails if one row is in two splits
-    assert len(found) == 100
-    for split in SPLITS:  # and each of its copies went with it
-        rows = np.load(f"data/{split}.npy")
-        counts = {}
-        for row in map(tuple, rows.tolist()):
-            counts[row] = counts.get(row, 0) + 1
-        for row, n in counts.items():
-            i = np.flatnonzero((values.astype(np.float32) == row).all(axis=1))[0]
-            assert n == (3 if i % 3 == 0 else 2)
+    assert len(found) == 130
+    written = np.concatenate([np.load(f"data/{split}.npy") for split in SPLITS])
+    as_rows = lambda a: Counter(map(tuple, a.astype(np.float32).tolist()))  # noqa: E731
+    assert as_rows(written) == as_rows(copies)  # every copy is there
 
 
 def test_the_order_of_the_features_leaves_every_row_in_its_split(workdir, raw_params):

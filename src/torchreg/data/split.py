@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,19 +47,27 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
-def row_hash(values: np.ndarray, seed: int) -> np.ndarray:
-    """A uint64 per row of float64 `values` (its columns in a fixed order) and `seed`."""
+def row_hash(values: np.ndarray, seed: int, order: Sequence[int] | None = None) -> np.ndarray:
+    """A uint64 per row of float64 `values` (its columns taken in `order`, default as they
+    are) and `seed`."""
+    order = range(values.shape[1]) if order is None else order
     with np.errstate(over="ignore"):
         h = np.full(len(values), np.uint64(stream_seed(seed, "split")), dtype=np.uint64)
-        for j in range(values.shape[1]):
-            column = np.ascontiguousarray(values[:, j]) + 0.0  # -0.0 and 0.0 are one value
-            h = _mix(h ^ (column.view(np.uint64) + _GOLDEN * np.uint64(j + 1)))
+        for position, j in enumerate(order):
+            column = values[:, j] + 0.0  # a contiguous copy; -0.0 and 0.0 are one value
+            h = _mix(h ^ (column.view(np.uint64) + _GOLDEN * np.uint64(position + 1)))
     return h
 
 
-def assign(values: np.ndarray, seed: int, val_fraction: float, test_fraction: float) -> np.ndarray:
+def assign(
+    values: np.ndarray,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    order: Sequence[int] | None = None,
+) -> np.ndarray:
     """0 (train), 1 (val) or 2 (test) for each row: its hash as a uniform number in [0, 1)."""
-    u = (row_hash(values, seed) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    u = (row_hash(values, seed, order) >> np.uint64(11)).astype(np.float64) * 2.0**-53
     return np.where(u < test_fraction, 2, np.where(u < test_fraction + val_fraction, 1, 0))
 
 
@@ -110,9 +118,11 @@ def prepare_table(cfg: DataConfig, out: dict[str, Path], features_path: Path) ->
         files = {s: stack.enter_context(raw[s].open("wb")) for s in SPLITS}
         for first_row, block in table.batches():
             block = _handle_missing(block, first_row, table, t.missing, result)
-            codes = assign(block[:, order], cfg.seed, t.val_fraction, t.test_fraction)
-            for code, split in enumerate(SPLITS):
-                part = block[codes == code]
+            codes = assign(block, cfg.seed, t.val_fraction, t.test_fraction, order)
+            # One gather for the three splits, each keeping the table's order (a stable sort).
+            grouped = block[np.argsort(codes, kind="stable")]
+            ends = np.cumsum(np.bincount(codes, minlength=len(SPLITS)))
+            for split, part in zip(SPLITS, np.split(grouped, ends[:-1]), strict=True):
                 part.tofile(files[split])
                 result.rows[split] += len(part)
         for f in files.values():

@@ -28,8 +28,10 @@ from torchreg.data.datafile import CHUNK_ROWS
 from torchreg.errors import DataError, first_line, shown
 from torchreg.files import open_input
 
-# A CSV block: rows are parsed this many bytes at a time, and no row may be longer.
-BLOCK_BYTES = 16 << 20
+# A CSV block: rows are parsed this many bytes at a time, and no row may be longer. Arrow reads
+# up to a few dozen blocks ahead, so this also sets the reader's memory: 16 MiB blocks took
+# 770 MiB on a 1 GB file, 1 MiB blocks 170 MiB, at the same speed (BENCHMARKS.md).
+BLOCK_BYTES = 1 << 20
 PARQUET = (".parquet", ".pq")
 CSV = (".csv", ".tsv", ".txt")
 MAX_NAMED_ROWS = 3  # row numbers named in one message
@@ -187,9 +189,13 @@ class Table:
         with _arrow_file(f) as source:
             if self.parquet:
                 try:
-                    yield from pq.ParquetFile(source).iter_batches(
-                        batch_size=CHUNK_ROWS, columns=columns
-                    )
+                    parquet = pq.ParquetFile(source)
+                    # A row group at a time: one reader over the whole file keeps what it has
+                    # read until it is closed, so its memory grew with the file.
+                    for group in range(parquet.num_row_groups):
+                        yield from parquet.iter_batches(
+                            batch_size=CHUNK_ROWS, columns=columns, row_groups=[group]
+                        )
                 except (pa.ArrowException, OSError) as exc:
                     raise DataError(f"{self.name}: cannot be read ({first_line(exc)})") from None
                 return
@@ -222,27 +228,29 @@ class Table:
         return DataError(f"{self.name}: a value is not a number")
 
     def _as_array(self, batch: pa.RecordBatch, row: int) -> np.ndarray:
-        out = np.empty((batch.num_rows, batch.num_columns), dtype=np.float64)
-        for j, column in enumerate(batch.columns):
+        columns, beyond = [], []
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
             try:
-                values = pc.cast(column, pa.float64())
+                values = column if column.type == pa.float64() else pc.cast(column, pa.float64())
             except pa.ArrowException as exc:  # a decimal beyond float64, an odd Parquet type
                 raise DataError(
-                    f"{self.name}: column {shown(batch.schema.names[j], 40)} cannot be read as "
-                    f"numbers ({first_line(exc)})"
+                    f"{self.name}: column {shown(name, 40)} cannot be read as numbers "
+                    f"({first_line(exc)})"
                 ) from None
-            out[:, j] = values.to_numpy(zero_copy_only=False)  # a null becomes NaN
-        with np.errstate(invalid="ignore"):
-            beyond = np.abs(out) > FLOAT32_MAX  # inf too; NaN (missing) is not
-        if beyond.any():
-            i, j = np.argwhere(beyond)[0]
-            what = "is not a finite number" if np.isinf(out[i, j]) else "is beyond float32"
+            array = values.to_numpy(zero_copy_only=False)  # a null becomes NaN
+            with np.errstate(invalid="ignore"):
+                out_of_range = np.abs(array) > FLOAT32_MAX  # inf too; NaN (missing) is not
+            if out_of_range.any():
+                beyond.append((int(np.argmax(out_of_range)), len(columns), name, array))
+            columns.append(array)
+        if beyond:  # the first such cell, row by row
+            i, _, name, array = min(beyond, key=lambda b: b[:2])
+            what = "is not a finite number" if np.isinf(array[i]) else "is beyond float32"
             raise DataError(
-                f"{self.name}: row {row + i}, column {shown(batch.schema.names[j], 40)}: "
-                f"{out[i, j]:g} {what} (the model computes in float32: at most "
-                f"+-{FLOAT32_MAX:.4g})"
+                f"{self.name}: row {row + i}, column {shown(name, 40)}: {array[i]:g} {what} "
+                f"(the model computes in float32: at most +-{FLOAT32_MAX:.4g})"
             )
-        return out
+        return np.column_stack(columns)
 
 
 def _parses(column: pa.Array) -> bool:
