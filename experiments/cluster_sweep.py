@@ -23,6 +23,7 @@ import ctypes
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -36,6 +37,11 @@ from pathlib import Path
 PARAMS_FILE = "params.yaml"
 HEADLINE = ("test.mae", "test.mae_vs_reference")  # metrics/evaluate.json
 LOG_TAIL = 20  # lines of a failed experiment's log shown
+# The most grid points a sweep takes unless told otherwise (--max-points): a typo such as
+# range(0,1000) twice would otherwise expand to a million experiments before anything runs.
+MAX_POINTS = 10_000
+# How long the client waits for a scheduler to answer (connection and Dask's handshake).
+CONNECT_TIMEOUT_S = 30
 # Where a worker keeps its clones when --scratch is not given: its own machine's disk.
 SCRATCH_ENV = "TORCHREG_SWEEP_SCRATCH"
 
@@ -47,9 +53,13 @@ class SweepError(Exception):
 # --- the grid ----------------------------------------------------------------------------
 
 
-def expand_grid(set_params: Sequence[str]) -> list[tuple[str, ...]]:
+def expand_grid(
+    set_params: Sequence[str], max_points: int = MAX_POINTS, repo: Path | None = None
+) -> list[tuple[str, ...]]:
     """The grid points of `-S` sweeps, each a tuple of `-S` values for one experiment, in the
-    order `dvc exp run --queue` queues them (DVC's own parser and expansion)."""
+    order `dvc exp run --queue` queues them (DVC's own parser and expansion). Checked first,
+    without expanding anything: its size against `max_points`, every params file inside the
+    repository `repo` (default: here), every key of params.yaml a key it has."""
     from dvc.exceptions import DvcException
     from dvc.utils.cli_parse import to_path_overrides
     from dvc.utils.hydra import get_hydra_sweeps
@@ -59,7 +69,9 @@ def expand_grid(set_params: Sequence[str]) -> list[tuple[str, ...]]:
         if "=" not in value:
             raise SweepError(f"-S {value!r}: expected KEY=VALUES (e.g. train.lr=0.001,0.01)")
     try:
-        points = get_hydra_sweeps(to_path_overrides(set_params))
+        overrides = to_path_overrides(set_params)
+        _check_grid(overrides, max_points, (repo or Path.cwd()).resolve())
+        points = get_hydra_sweeps(overrides)
     except (HydraException, DvcException) as e:  # hydra's parse errors, DVC's glob refusal
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SweepError(f"-S {' -S '.join(set_params)}: {first}") from None
@@ -67,6 +79,55 @@ def expand_grid(set_params: Sequence[str]) -> list[tuple[str, ...]]:
         tuple(o if path == PARAMS_FILE else f"{path}:{o}" for path, ovs in p.items() for o in ovs)
         for p in points
     ]
+
+
+def _check_grid(overrides: dict[str, list[str]], max_points: int, repo: Path) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
+
+    parser, size = OverridesParser.create(), 1
+    for path, values in overrides.items():
+        where = (repo / path).resolve()
+        if not where.is_relative_to(repo) or where == repo:
+            raise SweepError(
+                f"-S {path}:...: {path} is not a file inside this repository: a sweep changes "
+                "params files of the repository only (DVC's own -S would rewrite that file)"
+            )
+        keys = _params_keys(where) if path == PARAMS_FILE and where.is_file() else None
+        for override in parser.parse_overrides(values):
+            key = override.key_or_group
+            if not key:
+                raise SweepError(f"-S {override.input_line!r}: no key before '='")
+            if keys is not None and key not in keys:
+                near = sorted(k for k in keys if k.split(".")[0] == key.split(".")[0])
+                raise SweepError(
+                    f"-S {override.input_line!r}: {key} is not a key of {path}"
+                    + (f" (its section has: {', '.join(near)})" if near else "")
+                )
+            sweep = override.value()
+            if isinstance(sweep, ChoiceSweep):
+                size *= len(sweep.list)
+            elif isinstance(sweep, RangeSweep):
+                size *= max(0, math.ceil((sweep.stop - sweep.start) / sweep.step))
+    if size > max_points:
+        raise SweepError(
+            f"the grid has {size:,} points, over the limit of {max_points:,}: sweep fewer "
+            "values, search instead (experiments/search.py), or raise the limit with "
+            "--max-points"
+        )
+
+
+def _params_keys(path: Path) -> set[str]:
+    """Every key of a params file, dotted (`train.lr`), a section's own name included."""
+    from ruamel.yaml import YAML
+
+    def walk(node: object, prefix: str) -> set[str]:
+        if not isinstance(node, dict):
+            return {prefix[:-1]}
+        return {prefix[:-1]} | {k for key, v in node.items() for k in walk(v, f"{prefix}{key}.")}
+
+    with path.open("rb") as f:
+        return walk(YAML(typ="safe").load(f) or {}, "") - {""}
 
 
 def experiment_name(point: Sequence[str], prefix: str = "grid") -> str:
@@ -455,7 +516,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"where each worker keeps its clones (default: ${SCRATCH_ENV} on the worker, "
         "else ~/.cache/torchreg)",
     )
+    parser.add_argument(
+        "--max-points",
+        type=int,
+        default=MAX_POINTS,
+        help=f"the most grid points to run (default {MAX_POINTS:,}); a larger grid is refused",
+    )
     args = parser.parse_args(argv)
+    if args.max_points < 1:
+        parser.error(f"--max-points {args.max_points}: allowed 1 or more")
     if args.workers is not None and args.scheduler:
         parser.error("--workers is for the local cluster; not with --scheduler")
     if args.workers is not None and args.workers < 1:
@@ -469,11 +538,7 @@ def connect(scheduler: str | None, workers: int | None):
     from distributed import Client, LocalCluster
 
     if scheduler:
-        try:
-            client = Client(scheduler, timeout="30s")
-        except OSError as e:
-            raise SweepError(f"--scheduler {scheduler}: cannot connect: {e}") from None
-        with client:
+        with _connected(scheduler) as client:
             yield client
         return
     with (
@@ -489,10 +554,51 @@ def connect(scheduler: str | None, workers: int | None):
         yield client
 
 
+@contextlib.contextmanager
+def _connected(scheduler: str):
+    """A client of the Dask scheduler at `scheduler`, or one line: an address that is not
+    one, a port nobody listens on (at once), or a server that does not answer as a Dask
+    scheduler within CONNECT_TIMEOUT_S (an HTTP server, a listener that never replies)."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    from distributed import Client
+
+    parts = urlsplit(scheduler)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None:
+        raise SweepError(f"--scheduler {scheduler}: expected tcp://HOST:PORT (a Dask scheduler)")
+    try:
+        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise SweepError(f"--scheduler {scheduler}: cannot connect: {e.strerror or e}") from None
+    made: dict = {}
+
+    def connect() -> None:
+        try:
+            made["client"] = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
+        except Exception as e:  # noqa: BLE001 - any failure to connect is the one line below
+            made["error"] = e
+
+    thread = threading.Thread(target=connect, daemon=True)  # a handshake that never ends
+    thread.start()
+    thread.join(CONNECT_TIMEOUT_S + 5)
+    if "client" not in made:
+        why = made.get("error") or f"no answer within {CONNECT_TIMEOUT_S} s"
+        first = (str(why).strip().splitlines() or [type(why).__name__])[0]
+        raise SweepError(f"--scheduler {scheduler}: not a Dask scheduler that answers ({first})")
+    with made["client"] as client:
+        yield client
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        points = expand_grid(args.set_param)
+        points = expand_grid(args.set_param, args.max_points)
         sweep = prepare(Path.cwd())
         with connect(args.scheduler, args.workers) as client:
             outcomes, _ = run_grid(client, sweep, points, args.scratch)

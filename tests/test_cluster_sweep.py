@@ -398,3 +398,73 @@ def test_a_task_run_again_in_its_clone_after_a_lost_push(client_repo, tmp_path):
     again = run_point(job)
     assert again.status == "done", again.log_tail
     assert job.name in origin_refs(client_repo)
+
+
+# --- fast: what is refused before any cluster starts --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sets", "says"),
+    [
+        (["train.seed=range(0,1000)", "data.seed=range(0,1000)"],
+         "the grid has 1,000,000 points, over the limit of 10,000"),
+        (["train.lr=range(0,1,0.0001)"], "the grid has 10,000 points"),  # at the limit: allowed
+        (["../outside.yaml:k=v"], "../outside.yaml is not a file inside this repository"),
+        (["/tmp/victim.yaml:k=1,2"], "/tmp/victim.yaml is not a file inside this repository"),
+        (["=0.1"], "-S '=0.1': no key before '='"),
+        (["train.lrr=0.1,0.2"], "train.lrr is not a key of params.yaml (its section has: "),
+        (["trian.lr=0.1"], "trian.lr is not a key of params.yaml"),
+    ],
+)  # fmt: skip
+def test_a_grid_is_checked_before_it_is_expanded(sets, says):
+    if says.startswith("the grid has 10,000 "):
+        assert len(expand_grid(sets, repo=ROOT)) == 10_000
+        with pytest.raises(SweepError) as err:
+            expand_grid(sets, max_points=9_999, repo=ROOT)
+        assert "the grid has 10,000 points, over the limit of 9,999" in str(err.value)
+        return
+    with pytest.raises(SweepError) as err:
+        expand_grid(sets, repo=ROOT)
+    assert "\n" not in str(err.value) and says in str(err.value), str(err.value)
+
+
+def test_a_million_point_grid_is_refused_at_once():
+    start = time.monotonic()
+    result = cli("-S", "train.seed=range(0,1000)", "-S", "data.seed=range(0,1000)")
+    assert result.returncode == 2 and "over the limit of 10,000" in result.stderr
+    assert "--max-points" in result.stderr and time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("http://127.0.0.1:8786", "expected tcp://HOST:PORT"),
+        ("garbage", "expected tcp://HOST:PORT"),
+        ("tcp://127.0.0.1", "expected tcp://HOST:PORT"),
+        ("tcp://127.0.0.1:1", "cannot connect"),
+    ],
+)
+def test_a_scheduler_address_that_is_not_one_is_one_line(address, says):
+    from cluster_sweep import connect
+
+    start = time.monotonic()
+    with pytest.raises(SweepError) as err, connect(address, None):
+        pass
+    assert says in str(err.value) and time.monotonic() - start < 10
+
+
+def test_a_listener_that_never_answers_is_refused_within_the_timeout(monkeypatch):
+    import socket
+
+    import cluster_sweep
+
+    monkeypatch.setattr(cluster_sweep, "CONNECT_TIMEOUT_S", 2)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        start = time.monotonic()
+        with pytest.raises(SweepError) as err, cluster_sweep.connect(address, None):
+            pass
+    assert "not a Dask scheduler that answers" in str(err.value)
+    assert time.monotonic() - start < 15
