@@ -188,7 +188,8 @@ def search(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(batch, 4))
+    # The first batch is drawn at random (TPE needs results to model); TPE proposes the rest.
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=batch)
     study = optuna.create_study(direction=direction, sampler=sampler)
     distributions = {p.key: p.distribution() for p in space}
     done: list[Trial] = []
@@ -310,6 +311,7 @@ def _figure(space: Sequence[Param], trials: Sequence[Trial], metric: str, direct
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     scored = [t for t in trials if t.value is not None]
     better = min if direction == "minimize" else max
@@ -317,6 +319,7 @@ def _figure(space: Sequence[Param], trials: Sequence[Trial], metric: str, direct
         1, 1 + len(space), figsize=(4.2 * (1 + len(space)), 3.8), squeeze=False
     )
     ax = axes[0][0]
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     xs = [t.number for t in scored]
     ax.scatter(xs, [t.value for t in scored], s=14, color="#4c72b0", label="trial")
     so_far, line = None, []
@@ -325,17 +328,19 @@ def _figure(space: Sequence[Param], trials: Sequence[Trial], metric: str, direct
         line.append(so_far)
     ax.step(xs, line, where="post", color="#c44e52", lw=1.5, label="best so far")
     ax.set(xlabel="trial", ylabel=metric, title="The search")
-    ax.legend(frameon=False)
+    ax.legend(loc="best", frameon=False, fontsize=8)
     for ax, (j, p) in zip(axes[0][1:], enumerate(space), strict=True):
         values = [t.point[j].split("=", 1)[1] for t in scored]
         if p.kind == "choice":
             labels = sorted(set(values))
             ax.scatter([labels.index(v) for v in values], [t.value for t in scored], s=14)
-            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+            ax.set_xticks(range(len(labels)), labels, fontsize=8)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
         else:
             ax.scatter([float(v) for v in values], [t.value for t in scored], s=14)
             if p.log:
                 ax.set_xscale("log")
+            ax.tick_params(axis="x", labelsize=8, labelrotation=30)
         ax.set(xlabel=p.key, title=f"{metric} against {p.key}")
     fig.tight_layout()
     buffer = io.BytesIO()

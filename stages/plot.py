@@ -80,7 +80,7 @@ def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
             for v, f in zip(curve["x"], curve["feature"], strict=True)
         ]
     figures = {  # the names of FIGURES
-        "fit.png": fit_figure(pred, curve, feature, subtitle, label),
+        "fit.png": fit_figure(pred, curve, feature, subtitle, label, prepared.get("target", "y")),
         "loss.png": loss_figure(loss["step"], loss["train_loss"], params.train.loss, floor, val),
         "predicted_vs_actual.png": predicted_figure(pred, subtitle),
         "residuals.png": residual_figure(pred, floor),

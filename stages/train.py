@@ -95,7 +95,7 @@ def run(
     if checkpoints is not None:
         checkpoints.remove()
     if validation is not None and validation.best is not None:
-        log.info(validation.summary())
+        log.info(validation.summary(cfg.epochs))
     log.info("final loss %.6f; wrote %s", history[-1], model_path)
     return history
 

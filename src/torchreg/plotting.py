@@ -41,7 +41,9 @@ def save(fig: plt.Figure, path: str | Path) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def fit_figure(pred: dict, curve: dict, feature: int, subtitle: str, label: str) -> plt.Figure:
+def fit_figure(
+    pred: dict, curve: dict, feature: int, subtitle: str, label: str, target: str = "y"
+) -> plt.Figure:
     """The tutorial's figure (one feature against y, with the model's line), and beside it the
     same feature against its partial residual, where the other features' effect is removed."""
     fig, (raw, partial) = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True)
@@ -49,7 +51,7 @@ def fit_figure(pred: dict, curve: dict, feature: int, subtitle: str, label: str)
     rows = [i for i, f in enumerate(curve["feature"]) if int(f) == feature]
     cx = [curve["x"][i] for i in rows]
     for ax, y, title in (
-        (raw, pred["actual"], "y (other features add spread)"),
+        (raw, pred["actual"], f"{target} (other features add spread)"),
         (partial, pred[f"partial_x{feature}"], "partial residual (other features removed)"),
     ):
         # Thin lines over the points: on the right the points sit on the line, and both must show.
@@ -60,7 +62,7 @@ def fit_figure(pred: dict, curve: dict, feature: int, subtitle: str, label: str)
             ax.plot(cx, truth, "--", color=TRUTH, lw=0.8, label="true f")
         ax.set(xlabel=f"feature {label}", title=title)
         ax.title.set_fontsize(10)
-    raw.set_ylabel("y")
+    raw.set_ylabel(target)
     partial.set_ylabel("y minus the other features' fitted part")
     partial.legend(loc="upper left", frameon=False)
     others = "0" if "truth" in curve else "their training mean"

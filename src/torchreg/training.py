@@ -330,11 +330,13 @@ class Validation:
             return False
         return epoch - self.best["epoch"] >= self.patience
 
-    def summary(self) -> str:
-        best = self.best
+    def summary(self, epochs: int) -> str:
+        """What early stopping did, after a run of `epochs` epochs (train.epochs)."""
+        best, ran = self.best, len(self.history)
+        stopped = f"stopped after epoch {ran} of {epochs}" if ran < epochs else f"ran {ran} epochs"
         return (
-            f"best validation loss {best['loss']:.6f} after epoch {best['epoch'] + 1} "
-            f"(train.patience {self.patience}): its weights are kept"
+            f"{stopped}; the best validation loss, {best['loss']:.6f}, was after epoch "
+            f"{best['epoch'] + 1} (train.patience {self.patience}): its weights are kept"
         )
 
     def state_dict(self) -> dict[str, Any]:
