@@ -64,6 +64,11 @@ def queue_grid(repo: Path, *sweeps: str) -> list[str]:
     return names
 
 
+# How long experiments may wait queued with no DVC worker before the run gives up: a worker
+# takes seconds to start, and a minute or more on a loaded machine (seen at load 7 on 2 cores).
+NO_WORKER_S = 120
+
+
 def pending(repo: Path) -> int:
     """Experiments queued or running, from DVC's own queue (what `dvc queue status` lists)."""
     from dvc.repo import Repo
@@ -101,8 +106,10 @@ def run_queue(
         time.sleep(poll_s)
         if _workers(repo):
             idle_since = None
-        elif (idle_since := idle_since or time.monotonic()) < time.monotonic() - 30:
-            raise RuntimeError(f"experiments still queued in {repo} but no worker for 30 s")
+        elif (idle_since := idle_since or time.monotonic()) < time.monotonic() - NO_WORKER_S:
+            raise RuntimeError(
+                f"experiments still queued in {repo} but no worker for {NO_WORKER_S} s"
+            )
     polled = time.perf_counter() - start
     refs = Path(repo) / ".git" / "refs" / "exps"
     ends = [p.stat().st_mtime for p in refs.rglob("*") if p.is_file()] if refs.is_dir() else []
