@@ -50,6 +50,7 @@ METRICS_FILE = "metrics/evaluate.json"
 MAX_TRIALS = 10_000
 MAX_BATCH = 256
 MAX_SPACE_BYTES = 64 << 10
+MAX_SPACE_VALUES = 10_000
 
 # A trial's params as -S overrides, in the space's order.
 Point = tuple[str, ...]
@@ -93,23 +94,46 @@ def read_space(path: Path, params_file: Path) -> list[Param]:
     """The space file, each entry checked: one line per mistake, naming the key."""
     from ruamel.yaml import YAML, YAMLError
 
+    from torchreg.errors import UserError
+    from torchreg.files import open_input
+
     try:
-        with path.open("rb") as f:
+        with open_input(path) as f:  # a FIFO or a device is refused, never waited on
             text = f.read(MAX_SPACE_BYTES + 1)
         if len(text) > MAX_SPACE_BYTES:
             raise SweepError(f"{path}: over {MAX_SPACE_BYTES >> 10} KiB: a space is a few lines")
         raw = YAML(typ="safe").load(text.decode("utf-8"))
     except FileNotFoundError:
         raise SweepError(f"--space {path}: not found") from None
-    except (OSError, UnicodeDecodeError, YAMLError) as e:
+    except (OSError, UnicodeDecodeError, YAMLError, UserError, RecursionError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SweepError(f"{path}: cannot be read as YAML: {first}") from None
+    _check_size(raw, path)
     if not isinstance(raw, dict) or not raw:
         raise SweepError(
             f"{path}: expected a mapping of params, e.g. train.lr: {{float: [1e-4, 0.1]}}"
         )
     known = _param_keys(params_file)
     return [_param(path, key, spec, known) for key, spec in raw.items()]
+
+
+def _check_size(raw: Any, path: Path) -> None:
+    """Refuse a space of over MAX_SPACE_VALUES values, each YAML alias counted again (a few
+    lines of aliases can stand for billions), or one that refers to itself; the walk stops
+    at the limit."""
+    count, todo = 0, [raw]
+    while todo:
+        node = todo.pop()
+        count += 1
+        if count > MAX_SPACE_VALUES:
+            raise SweepError(
+                f"{path}: over {MAX_SPACE_VALUES:,} values (each YAML alias counted again): a "
+                "space is a few params and their ranges or choices"
+            )
+        if isinstance(node, dict):
+            todo.extend([*node.keys(), *node.values()])
+        elif isinstance(node, list):
+            todo.extend(node)
 
 
 def _param_keys(params_file: Path) -> set[str]:

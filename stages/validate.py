@@ -5,7 +5,7 @@
 stage's output, so DVC runs this one first; a bad value stops the pipeline here, before DVC
 reaches train and removes the last good model.
 
-Reads:  params.yaml (every section)
+Reads:  params.yaml (every section), environment.yaml, the header of data.table.path
 Writes: metrics/params.ok  (always the same bytes, so a params change reruns only the stages
         that use the changed params)
 """
@@ -21,7 +21,9 @@ from pathlib import Path
 
 from torchreg import environment
 from torchreg.config import load_params
+from torchreg.data.table import Table
 from torchreg.environment import ENVIRONMENT_FILE, STAGE_KEYS
+from torchreg.errors import DataError
 from torchreg.files import write_bytes
 
 OK = b"params.yaml checked\n"
@@ -33,6 +35,17 @@ def run(params_path: Path, out: Path) -> None:
     # removed its outputs.
     record = params_path.parent / ENVIRONMENT_FILE
     environment.check(STAGE_KEYS, params.compute.cpu, record)
+    # The table too: prepare lists it as a dependency whatever the source (DVC needs the file
+    # to exist), and a table's header can be checked without reading its rows.
+    table = params_path.parent / params.data.table.path
+    if params.data.source == "table":
+        Table(params.data.table, params_path.parent)
+    elif not table.is_file():
+        raise DataError(
+            f"data.table.path = {params.data.table.path}: not a file; prepare lists it as a "
+            "dependency even for the synthetic source: name an existing table (the default "
+            "is examples/tables/cars.csv)"
+        )
     write_bytes(out, OK)
 
 

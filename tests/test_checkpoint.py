@@ -530,3 +530,57 @@ def test_removing_the_checkpoint_removes_the_folder_it_made(params, data, tmp_pa
     saving.save({"x": torch.zeros(1)}, 1)
     saving.remove()
     assert kept.is_dir()  # it was there before: kept
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("stop_after", [1, 4])
+def test_a_real_checkpoint_of_every_kind_of_run_fits_it(params, data, tmp_path, case, stop_after):
+    """The checks that refuse crafted records accept every real one: each model, optimizer,
+    lr schedule and averaging, stopped early or late (a check too strict would make every
+    resume start over, silently)."""
+    from torchreg.training import resume_problem
+
+    model_changes, changes = CASES[case]
+    params = with_changes(params, model_changes, **changes)
+    rows, path = data
+    with pytest.raises(Stop):
+        train(params, rows, checkpoints(tmp_path / "ckpt", params, path), stop_after=stop_after + 1)
+    record = checkpoints(tmp_path / "ckpt", params, path).load()
+    model = build_model(params.model, 4, params.train.init_std, seeded(0, "init"))
+    assert resume_problem(record["state"], model, params.train, None) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (set_in("step", "lr", value=10.0), "its lr 10.0 is not this run's after epoch 2"),
+        (set_in("step", "averaging", value=True), "its weight averaging is on after epoch 2"),
+        (set_in("generator", value=lambda g: g[:10]), "shuffle generator's state is not one"),
+        (set_in("limit", value="abc"), "its divergence yardstick abc is not a positive number"),
+        (set_in("limit", value=0.0), "its divergence yardstick 0.0 is not a positive number"),
+        (set_in("history", value=lambda h: -h), "its losses are not float64 numbers >= 0"),
+        (set_in("history", value=lambda h: h.reshape(-1, 1)), "its losses are not one per epoch"),
+    ],
+)
+def test_a_crafted_schedule_or_stream_is_ignored(caplog, saved, change, says):
+    from torchreg.training import open_checkpoint
+
+    params, path, ckpt = saved
+    crafted(ckpt, change)
+    model = build_model(params.model, 4, params.train.init_std, seeded(0, "init"))
+    with caplog.at_level(logging.INFO, logger="torchreg.checkpoint"):
+        _, resume = open_checkpoint((ckpt, key(params, path)), model, params.train, True, None)
+    assert resume is None
+    assert says in caplog.records[0].getMessage()
+
+
+def test_a_checkpoint_in_a_dvclive_folder_not_made_yet_is_refused(tmp_path):
+    """After a failed run, or in a fresh clone, dvclive/ is not there yet: a checkpoint inside
+    it would still be removed with the folder's files, so it is refused all the same."""
+    from torchreg.checkpoint import check_checkpoint_path
+    from torchreg.errors import UserError
+
+    live = tmp_path / "dvclive"
+    with pytest.raises(UserError, match="is inside the DVCLive folder"):
+        check_checkpoint_path(live / "metrics.json", {"DVCLive folder": live})
+    assert not live.exists()

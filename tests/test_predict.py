@@ -347,3 +347,12 @@ def test_an_output_under_a_regular_file_names_that_file(tmp_path, model_file):
         "predict: error: cannot write rows.csv/out.csv: rows.csv is a file, not a folder "
         "(choose a path under a folder)"
     )
+
+
+def test_output_equal_to_the_model_is_refused_before_anything_is_written(tmp_path, model_file):
+    (tmp_path / "rows.csv").write_text("x0,x1,x2,x3\n1,0,0,0\n")
+    before = (tmp_path / "m.pt").read_bytes()
+    for output in ("m.pt", "./m.pt"):
+        line = one_line(cli(tmp_path, "--model", "m.pt", "--input", "rows.csv", "--output", output))
+        assert f"--output {Path(output)} is the model file" in line
+    assert (tmp_path / "m.pt").read_bytes() == before

@@ -161,11 +161,19 @@ def test_overrides_are_what_dvc_exp_run_takes():
         ("model.kind: {choice: [mlp, mlp]}", "listed twice"),
         ("- a\n- b", "expected a mapping of params"),
         ("train.lr: {float: [0.1, 1]", "cannot be read as YAML"),
+        ("train.optimizer: {choice: &s [sgd, *s]}", "over 10,000 values"),  # refers to itself
+        ("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+         + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+         + "train.optimizer: {choice: *a8}", "over 10,000 values"),  # 10^9 values in 10 lines
+        (None, "is a FIFO (named pipe), not a regular file"),
     ],
-)
+)  # fmt: skip
 def test_a_bad_space_is_one_line(tmp_path, text, says):
     path = tmp_path / "space.yaml"
-    path.write_text(text)
+    if text is None:
+        os.mkfifo(path)  # never waited on
+    else:
+        path.write_text(text)
     with pytest.raises(SweepError) as err:
         read_space(path, ROOT / "params.yaml")
     assert "\n" not in str(err.value) and says in str(err.value), str(err.value)

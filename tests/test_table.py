@@ -29,6 +29,7 @@ from torchreg.config import parse_params
 from torchreg.data import CHUNK_ROWS
 from torchreg.data.split import SPLITS, assign
 from torchreg.data.table import BLOCK_BYTES, Table
+from torchreg.errors import DataError
 
 spec = importlib.util.spec_from_file_location("prepare_stage", ROOT / "stages/prepare.py")
 prepare = importlib.util.module_from_spec(spec)
@@ -604,3 +605,58 @@ def test_parquet_and_csv_of_the_same_values_give_the_same_bytes(workdir, raw_par
     record = prepared(raw_params, "t.parquet")
     assert record["features"] == ["a", "n", "b"]
     assert outputs() == from_csv
+
+
+# --- more of each class, found by trying to break it ------------------------------------
+
+
+def test_a_header_that_is_not_utf8(workdir, raw_params, capsys):
+    latin1 = csv(numbers(60)).replace("a,", "caf\xe9,", 1).encode("latin-1")
+    line = refused(capsys, raw_params, "t.csv", latin1)
+    assert line.endswith(
+        "t.csv: its header is not UTF-8 text: save the table as UTF-8 (e.g. iconv -f latin1 "
+        "-t utf-8)"
+    )
+
+
+def test_a_cell_that_is_not_utf8(workdir, raw_params, capsys):
+    text = csv(numbers(60)).encode()
+    text = text[: text.rindex(b"\n", 0, -1) + 1] + b"1\xe9,2,3\n"
+    line = refused(capsys, raw_params, "t.csv", text, features=["a", "b"])
+    assert "t.csv: not UTF-8 text (" in line and "save the table as UTF-8" in line
+
+
+@pytest.mark.parametrize("name", ["1", "2.5", " ", "nan"])
+def test_a_column_named_like_a_number_or_nothing(workdir, raw_params, capsys, name):
+    """predict finds columns by a header it tells from rows: such a name could never be read
+    back, so prepare refuses it."""
+    text = csv(numbers(60)).replace("a,", f"{name},", 1)
+    line = refused(capsys, raw_params, "t.csv", text, features=[])
+    assert "is empty or a number: predict finds columns by name" in line
+
+
+def test_validate_checks_the_table_before_dvc_removes_anything(workdir, raw_params):
+    """DVC removes prepare's outputs before it runs prepare: the validate stage, run first,
+    refuses a table that is not there or lacks the target, in one line."""
+    spec = importlib.util.spec_from_file_location("validate_stage", ROOT / "stages/validate.py")
+    validate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(validate)
+    write("t.csv", csv(numbers(60)))
+    use_table(raw_params, "t.csv")
+    validate.run(Path("params.yaml"), Path("ok"))  # a good table: passes
+    for table, says in (
+        ({"target": "nope"}, "t.csv: no column 'nope' (data.table.target)"),
+        ({"path": "gone.csv"}, "gone.csv not found"),
+    ):
+        use_table(raw_params, table.get("path", "t.csv"), target=table.get("target", "y"))
+        with pytest.raises(DataError) as err:
+            validate.run(Path("params.yaml"), Path("ok"))
+        assert says in str(err.value)
+    raw = json.loads(Path("params.yaml").read_text())
+    raw["data"]["source"] = "synthetic"  # DVC needs the dependency all the same
+    Path("params.yaml").write_text(json.dumps(raw))
+    with pytest.raises(DataError) as err:
+        validate.run(Path("params.yaml"), Path("ok"))
+    assert "data.table.path = gone.csv: not a file; prepare lists it as a dependency" in str(
+        err.value
+    )

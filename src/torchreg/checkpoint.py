@@ -266,7 +266,8 @@ def check_checkpoint_path(path: Path, others: dict[str, Path]) -> None:
     else: one of the run's inputs or outputs (`others`, by what they are), a path inside an
     output folder, anything but a regular file, or a regular file that is not a checkpoint."""
     for what, other in others.items():
-        inside = other.is_dir() and path.absolute().is_relative_to(other.absolute())
+        folder = other.is_dir() or what.endswith("folder")  # one made later counts already
+        inside = folder and path.absolute().is_relative_to(other.absolute())
         if _same_file(path, other) or inside:
             where = "inside " if inside and not _same_file(path, other) else ""
             raise UserError(

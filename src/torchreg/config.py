@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -75,6 +76,23 @@ class _Section(BaseModel):
 Name = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_NAME_CHARS)]
 
 
+def _delimiter(value: str) -> str:
+    """One printable ASCII character that is not a letter, digit, quote or space, or a tab:
+    what Arrow's CSV parser can split cells on."""
+    if value == "\t" or (
+        len(value) == 1
+        and value.isascii()
+        and value.isprintable()
+        and not value.isalnum()
+        and value not in '" '
+    ):
+        return value
+    raise ValueError(
+        f"data.table.delimiter = {shown(value, 20)} is not allowed: one character, a tab or a "
+        "printable ASCII one that is not a letter, digit, quote or space (e.g. ',' or ';')"
+    )
+
+
 class TableConfig(_Section):
     """data.source: table. A table's rows go to a split by a hash of the row and data.seed."""
 
@@ -84,7 +102,7 @@ class TableConfig(_Section):
     features: tuple[Name, ...] = Field(default=(), max_length=MAX_FEATURES)
     missing: Literal["refuse", "drop"] = "refuse"
     standardize: Annotated[bool, Strict()] = True
-    delimiter: Annotated[str, Strict(), Field(min_length=1, max_length=1)] = ","
+    delimiter: Annotated[str, Strict(), AfterValidator(_delimiter)] = ","
     val_fraction: Float = Field(default=0.15, ge=0, lt=1)
     test_fraction: Float = Field(default=0.15, ge=0, lt=1)
 

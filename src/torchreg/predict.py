@@ -279,18 +279,21 @@ def write_chunk(out: TextIO, texts: list[str], predicted: torch.Tensor) -> None:
     out.writelines(f"{text},{p:.7g}\n" for text, p in zip(texts, predicted.tolist(), strict=True))
 
 
-def check_paths(input_path: Path, output: Path | None) -> None:
-    """Refuse an output that is the input, before anything is read or written."""
-    if input_path == STDIO or output is None or output == STDIO:
+def check_paths(input_path: Path, output: Path | None, model: Path | None = None) -> None:
+    """Refuse an output that is the input or the model, before anything is read or written."""
+    if output is None or output == STDIO:
         return
-    same = input_path.resolve() == output.resolve()
-    if not same and input_path.exists() and output.exists():
-        same = os.path.samefile(input_path, output)
-    if same:
-        raise DataError(
-            f"--output {output} is the input file: writing it would replace the rows being "
-            "read; choose another output path"
-        )
+    for what, other in (("the input file", input_path), ("the model file", model)):
+        if other is None or other == STDIO:
+            continue
+        same = other.resolve() == output.resolve()
+        if not same and other.exists() and output.exists():
+            same = os.path.samefile(other, output)
+        if same:
+            raise DataError(
+                f"--output {output} is {what}: writing it would replace it; choose another "
+                "output path"
+            )
 
 
 def run(
@@ -298,7 +301,7 @@ def run(
 ) -> int:
     """Predict every row of `input_path` ("-": standard input) into `output` (None or "-":
     standard output); returns the number of rows predicted."""
-    check_paths(input_path, output)
+    check_paths(input_path, output, model_path)
     to_stdout = output is None or output == STDIO
     if input_path == STDIO and sys.stdin is None:
         raise DataError("--input -: standard input is closed: redirect the rows into it")

@@ -198,7 +198,9 @@ def resume_problem(
             problem = _layout_problem(fresh.weights(), weights, "best weights")
         if problem is None:
             fresh.load_state_dict(state["step"])  # what the resume does, on a copy
-            problem = _optimizer_problem(fresh)
+            problem = _optimizer_problem(fresh) or _schedule_problem(fresh, cfg, done)
+        if problem is None:
+            problem = _record_problem(state, history, validation)
         if problem is None and not all(_finite(v) for v in (state, history)):
             problem = "it holds a NaN or infinite value"
         return problem
@@ -230,6 +232,42 @@ def _layout_problem(expected: Any, saved: Any, where: str) -> str | None:
             problem = _layout_problem(value, saved[key], f"{where}.{key}")
             if problem:
                 return problem
+    return None
+
+
+def _schedule_problem(step: Step, cfg: TrainConfig, done: int) -> str | None:
+    """The lr and the averaging switch after `done` epochs are what this run's config gives."""
+    lr = step.lr if isinstance(step, FastLinearSGD) else step.optimizer.param_groups[0]["lr"]
+    if lr != epoch_lrs(cfg)[done]:
+        return f"its lr {lr!r} is not this run's after epoch {done} ({epoch_lrs(cfg)[done]!r})"
+    start = average_start_epoch(cfg)
+    if step.averaging != (start is not None and done >= start):
+        return f"its weight averaging is {'on' if step.averaging else 'off'} after epoch {done}"
+    return None
+
+
+def _record_problem(state: Any, history: torch.Tensor, validation: Validation | None) -> str | None:
+    """The rest of what the next epoch reads: the shuffle stream's state, the divergence
+    yardstick, the losses (one per epoch, never negative)."""
+    generator = state["generator"]
+    expected = torch.Generator().get_state()
+    if not (
+        isinstance(generator, torch.Tensor)
+        and generator.dtype == expected.dtype
+        and generator.shape == expected.shape
+    ):
+        return "its shuffle generator's state is not one"
+    limit = state["limit"]
+    if not (isinstance(limit, float) and math.isfinite(limit) and limit > 0):
+        return f"its divergence yardstick {str(limit)[:40]} is not a positive number"
+    losses = [history]
+    if validation is not None:
+        losses.append(state["validation"]["history"])
+    for values in losses:
+        if not (isinstance(values, torch.Tensor) and values.dim() == 1):
+            return "its losses are not one per epoch"
+        if values.dtype != torch.float64 or bool((values < 0).any()):
+            return "its losses are not float64 numbers >= 0"
     return None
 
 

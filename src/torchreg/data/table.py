@@ -36,6 +36,7 @@ PARQUET = (".parquet", ".pq")
 CSV = (".csv", ".tsv", ".txt")
 MAX_NAMED_ROWS = 3  # row numbers named in one message
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+NOT_UTF8 = "save the table as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
 
 
 def is_numeric(kind: pa.DataType) -> bool:
@@ -61,6 +62,13 @@ class Table:
             self.identity = _identity(os.fstat(f.fileno()))
             schema = self._schema(f)
         self.columns = list(schema.names)
+        odd = [c for c in self.columns if not c.strip() or _is_number(c)]
+        if odd:
+            raise DataError(
+                f"{self.name}: column name {shown(odd[0], 40)} is empty or a number: predict "
+                "finds columns by name in a header, and could not tell such a header from a "
+                "row; name every column"
+            )
         twice = sorted({c for c in self.columns if self.columns.count(c) > 1})
         if twice:
             where = [i + 1 for i, c in enumerate(self.columns) if c == twice[0]]
@@ -116,9 +124,13 @@ class Table:
                         f"{self.name}: not a Parquet file ({first_line(exc)})"
                     ) from None
             try:  # the column types are inferred from the first block
-                return pcsv.open_csv(source, **self._csv_options()).schema
+                schema = pcsv.open_csv(source, **self._csv_options()).schema
+                schema.names  # noqa: B018 - decoded here: a header that is not UTF-8 fails now
+                return schema
             except pa.ArrowInvalid as exc:
                 raise self._csv_error(exc) from None
+            except UnicodeDecodeError:
+                raise DataError(f"{self.name}: its header is not UTF-8 text: {NOT_UTF8}") from None
 
     def _check_named(self, name: str, key: str) -> None:
         if name not in self.columns:
@@ -211,7 +223,14 @@ class Table:
         on the way to an error: the fast path parses them as numbers directly)."""
         row = self.header_rows + 1
         with self._open() as f, _arrow_file(f) as source:
-            for batch in pcsv.open_csv(source, **self._csv_options(pa.string())):
+            batches = self._text_batches(source)
+            while True:
+                try:
+                    batch = next(batches, None)
+                except pa.ArrowInvalid as exc:  # a cell that is not even text: another encoding
+                    return DataError(f"{self.name}: not UTF-8 text ({first_line(exc)}): {NOT_UTF8}")
+                if batch is None:
+                    break
                 bad = [
                     (_first_bad(c), name)
                     for name, c in zip(batch.schema.names, batch.columns, strict=True)
@@ -226,6 +245,9 @@ class Table:
                     )
                 row += batch.num_rows
         return DataError(f"{self.name}: a value is not a number")
+
+    def _text_batches(self, source: pa.NativeFile) -> Iterator[pa.RecordBatch]:
+        yield from pcsv.open_csv(source, **self._csv_options(pa.string()))
 
     def _as_array(self, batch: pa.RecordBatch, row: int) -> np.ndarray:
         columns, beyond = [], []
@@ -282,3 +304,11 @@ def _arrow_file(f: BinaryIO) -> pa.NativeFile:
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
