@@ -356,3 +356,17 @@ def test_output_equal_to_the_model_is_refused_before_anything_is_written(tmp_pat
         line = one_line(cli(tmp_path, "--model", "m.pt", "--input", "rows.csv", "--output", output))
         assert f"--output {Path(output)} is the model file" in line
     assert (tmp_path / "m.pt").read_bytes() == before
+
+
+def test_digit_grouping_is_not_a_number_as_in_prepare(tmp_path, model_file):
+    """Python's float reads `1_000`; a table's reader (and so the training data) does not."""
+    (tmp_path / "rows.csv").write_text("x0,x1,x2,x3\n1_000,0,0,0\n")
+    line = one_line(cli(tmp_path, "--model", "m.pt", "--input", "rows.csv"))
+    assert "row 2 is not all numbers: ['1_000', '0', '0', '0']" in line
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path, model_file):
+    (tmp_path / "rows.csv").write_bytes(b"\xef\xbb\xbfx0,x1,x2,x3\n1,0,0,0\n")
+    result = cli(tmp_path, "--model", "m.pt", "--input", "rows.csv")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "x0,x1,x2,x3,predicted"

@@ -61,9 +61,17 @@ def is_header(cells: list[str]) -> bool:
     return all(c and not _is_number(c) for c in cells)
 
 
+def parse_number(text: str) -> float:
+    """A cell's number as the prepare stage reads a table's: Python's float, but not its
+    `1_000` (digit grouping, which a CSV reader takes for text)."""
+    if "_" in text:
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)
+
+
 def _is_number(text: str) -> bool:
     try:
-        float(text)
+        parse_number(text)
     except ValueError:
         return False
     return True
@@ -186,7 +194,7 @@ class RowReader:
                 texts = [",".join([c.strip() for c in row]) for row in batch]
                 joined = ",".join(texts)
             cells = joined.split(",")
-            if len(cells) == len(batch) * n:
+            if len(cells) == len(batch) * n and "_" not in joined:  # `1_000`: the slow path
                 try:
                     parsed = np.fromiter(map(float, cells), np.float64, len(cells))
                 except ValueError:
@@ -211,7 +219,7 @@ class RowReader:
             for j, k in enumerate(self.index):
                 cell = row[k].strip()
                 try:
-                    values[i, j] = float(cell)
+                    values[i, j] = parse_number(cell)
                 except ValueError:
                     what = "is empty" if not cell else f"holds {shown(cell, 40)}, not a number"
                     raise DataError(f"{where}, column {shown(names[j], 40)} {what}") from None
@@ -224,7 +232,7 @@ class RowReader:
         if scale is not None:
             values = (values - np.array(scale["mean"])) / np.array(scale["std"])
         out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerows(batch)
+        csv.writer(out, lineterminator="\n").writerows([c.strip() for c in row] for row in batch)
         return out.getvalue().splitlines(), values.astype(np.float32)
 
     def _check(self, row: list[str], number: int) -> tuple[str, list[float]]:
@@ -236,7 +244,7 @@ class RowReader:
             )
         cells = [c.strip() for c in row]
         try:
-            parsed = [float(c) for c in cells]
+            parsed = [parse_number(c) for c in cells]
         except ValueError:
             if "" in cells:
                 raise DataError(
@@ -312,7 +320,7 @@ def run(
     model, _, n_features = load_model(model_path, missing_hint)
     if input_path == STDIO:
         source: TextIO = io.TextIOWrapper(
-            sys.stdin.buffer, encoding="utf-8", newline="", errors="strict"
+            sys.stdin.buffer, encoding="utf-8-sig", newline="", errors="strict"
         )
         name = "standard input"
     else:
@@ -324,7 +332,8 @@ def run(
             if "FIFO" not in str(exc):
                 raise
             raise DataError(f"{exc} (to read a pipe, use --input - and redirect it)") from None
-        source, name = io.TextIOWrapper(binary, encoding="utf-8", newline=""), str(input_path)
+        # utf-8-sig: a byte-order mark (as spreadsheets save) is not part of the first name
+        source, name = io.TextIOWrapper(binary, encoding="utf-8-sig", newline=""), str(input_path)
     with source:
         reader = RowReader(source, name, n_features, getattr(model, "features", None))
         if to_stdout:
