@@ -607,6 +607,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SweepError as e:
         print(f"cluster_sweep: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "cluster_sweep: interrupted; the experiments already on origin are kept: the same "
+            "command runs the rest",
+            file=sys.stderr,
+        )
+        return 130
     print(table(sweep.repo, [o for o in outcomes if o.status != "failed"], varying_keys(points)))
     failed = [o for o in outcomes if o.status == "failed"]
     for out in failed:

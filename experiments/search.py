@@ -435,6 +435,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SweepError as e:
         print(f"search: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "search: interrupted; the trials already on origin are kept: the same command "
+            "continues the search",
+            file=sys.stderr,
+        )
+        return 130
     best = best_of(trials, args.direction)
     print(trials_table(space, trials, args.metric, best))
     failed = sum(t.value is None for t in trials)

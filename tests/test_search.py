@@ -273,3 +273,19 @@ def test_search_survives_its_client_killed_and_the_number_of_workers_changes_not
     for name in refs:  # the same experiments, to the byte
         path = "metrics/evaluate.json"
         assert show(one, name, path) == show(repo, name, path)
+
+
+def test_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
+    """Interrupted while it reads its space (a stand-in for any point of a search), the command
+    ends with one line and status 130, no traceback."""
+    import search as command
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    monkeypatch.setattr(command, "read_space", interrupted)
+    assert command.main(["--space", str(path)]) == 130
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("search: interrupted; the trials already on origin are kept")
