@@ -29,7 +29,7 @@ from torchreg.config import parse_params
 from torchreg.data import CHUNK_ROWS
 from torchreg.data.split import SPLITS, assign
 from torchreg.data.table import BLOCK_BYTES, Table
-from torchreg.errors import DataError
+from torchreg.errors import ConfigError, DataError
 
 spec = importlib.util.spec_from_file_location("prepare_stage", ROOT / "stages/prepare.py")
 prepare = importlib.util.module_from_spec(spec)
@@ -660,3 +660,20 @@ def test_validate_checks_the_table_before_dvc_removes_anything(workdir, raw_para
     assert "data.table.path = gone.csv: not a file; prepare lists it as a dependency" in str(
         err.value
     )
+
+
+@pytest.mark.parametrize("delimiter", ["é", " ", '"', "a", "7", "\n", ",,", ""])
+def test_a_delimiter_arrow_cannot_split_on_is_refused_in_params(raw_params, delimiter):
+    raw = copy.deepcopy(raw_params)
+    raw["data"]["table"]["delimiter"] = delimiter
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert str(err.value).startswith("params.yaml: data.table.delimiter = ")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "|", "\t", ":"])
+def test_the_usual_delimiters_are_accepted(raw_params, delimiter):
+    raw = copy.deepcopy(raw_params)
+    raw["data"]["table"]["delimiter"] = delimiter
+    assert parse_params(raw).data.table.delimiter == delimiter
