@@ -93,7 +93,7 @@ def _check_grid(overrides: dict[str, list[str]], max_points: int, repo: Path) ->
                 f"-S {path}:...: {path} is not a file inside this repository: a sweep changes "
                 "params files of the repository only (DVC's own -S would rewrite that file)"
             )
-        keys = _params_keys(where) if path == PARAMS_FILE and where.is_file() else None
+        keys = params_keys(where) if path == PARAMS_FILE and where.is_file() else None
         for override in parser.parse_overrides(values):
             key = override.key_or_group
             if not key:
@@ -117,14 +117,14 @@ def _check_grid(overrides: dict[str, list[str]], max_points: int, repo: Path) ->
         )
 
 
-def _params_keys(path: Path) -> set[str]:
-    """Every key of a params file, dotted (`train.lr`), a section's own name included."""
+def params_keys(path: Path) -> set[str]:
+    """Every key of a params file that takes a value, dotted (`train.lr`, `model.hidden`)."""
     from ruamel.yaml import YAML
 
     def walk(node: object, prefix: str) -> set[str]:
-        if not isinstance(node, dict):
-            return {prefix[:-1]}
-        return {prefix[:-1]} | {k for key, v in node.items() for k in walk(v, f"{prefix}{key}.")}
+        if isinstance(node, dict):
+            return {k for key, v in node.items() for k in walk(v, f"{prefix}{key}.")}
+        return {prefix[:-1]}
 
     with path.open("rb") as f:
         return walk(YAML(typ="safe").load(f) or {}, "") - {""}

@@ -113,39 +113,20 @@ def read_space(path: Path, params_file: Path) -> list[Param]:
         raise SweepError(
             f"{path}: expected a mapping of params, e.g. train.lr: {{float: [1e-4, 0.1]}}"
         )
-    known = _param_keys(params_file)
+    known = cluster_sweep.params_keys(params_file)
     return [_param(path, key, spec, known) for key, spec in raw.items()]
 
 
 def _check_size(raw: Any, path: Path) -> None:
     """Refuse a space of over MAX_SPACE_VALUES values, each YAML alias counted again (a few
-    lines of aliases can stand for billions), or one that refers to itself; the walk stops
-    at the limit."""
-    count, todo = 0, [raw]
-    while todo:
-        node = todo.pop()
-        count += 1
-        if count > MAX_SPACE_VALUES:
-            raise SweepError(
-                f"{path}: over {MAX_SPACE_VALUES:,} values (each YAML alias counted again): a "
-                "space is a few params and their ranges or choices"
-            )
-        if isinstance(node, dict):
-            todo.extend([*node.keys(), *node.values()])
-        elif isinstance(node, list):
-            todo.extend(node)
+    lines of aliases can stand for billions), or one that refers to itself."""
+    from torchreg.config import too_many_values
 
-
-def _param_keys(params_file: Path) -> set[str]:
-    from ruamel.yaml import YAML
-
-    def walk(node: Any, prefix: str) -> set[str]:
-        if isinstance(node, dict):
-            return {k for key, v in node.items() for k in walk(v, f"{prefix}{key}.")}
-        return {prefix[:-1]}
-
-    with params_file.open("rb") as f:
-        return walk(YAML(typ="safe").load(f) or {}, "")
+    if too_many_values(raw, MAX_SPACE_VALUES):
+        raise SweepError(
+            f"{path}: over {MAX_SPACE_VALUES:,} values (each YAML alias counted again): a "
+            "space is a few params and their ranges or choices"
+        )
 
 
 def _param(path: Path, key: object, spec: object, known: set[str]) -> Param:

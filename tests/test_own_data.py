@@ -46,21 +46,31 @@ def exact_lad(rows: np.ndarray) -> tuple[np.ndarray, float]:
     return result.x[:d], result.x[d]
 
 
-@pytest.mark.parametrize("table", TABLES)
-def test_test_mae_matches_the_exact_lad_fit(tmp_path, raw_params, table):
-    target, changes, oracle_mae = TABLES[table]
+def trained(tmp_path, raw_params, table, target, changes=None, val=True, **train_changes):
+    """prepare and train on an example table, in tmp_path; returns (params, the split files,
+    features.json, the model file)."""
     raw_params["data"]["source"] = "table"
     raw_params["data"]["table"].update(
-        {"path": str(ROOT / "examples/tables" / table), "target": target, **changes}
+        {"path": str(ROOT / "examples/tables" / table), "target": target, **(changes or {})}
     )
-    raw_params["train"].update({"lr": 0.01, "epochs": 3000, "patience": 100})
+    raw_params["train"].update(train_changes)
     params = parse_params(raw_params)
     out = {split: tmp_path / f"{split}.npy" for split in ("train", "val", "test")}
     features = tmp_path / "features.json"
     prepare.run(params.data, out, features)
     model = tmp_path / "model.safetensors"
     ctx = RunContext(torch.device("cpu"))
-    train.run(params, ctx, out["train"], model, tmp_path / "live", None, out["val"], features)
+    val = out["val"] if val else None
+    train.run(params, ctx, out["train"], model, tmp_path / "live", None, val, features)
+    return params, out, features, model
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_test_mae_matches_the_exact_lad_fit(tmp_path, raw_params, table):
+    target, changes, oracle_mae = TABLES[table]
+    params, out, features, model = trained(
+        tmp_path, raw_params, table, target, changes, lr=0.01, epochs=3000, patience=100
+    )
     written = {k: tmp_path / f"{k}.out" for k in ("metrics", "predictions", "curves")}
     metrics = evaluate.run(
         params.data, model, out["train"], out["test"], written, "mae", frozenset(), features
@@ -89,20 +99,12 @@ def test_predict_standardises_a_raw_row_to_the_bits_prepare_wrote(tmp_path, raw_
 
     from torchreg.predict import RowReader
 
-    raw_params["data"]["source"] = "table"
-    table = ROOT / "examples/tables/diabetes.csv"
-    raw_params["data"]["table"].update({"path": str(table), "target": "progression"})
-    raw_params["train"]["epochs"] = 2
-    params = parse_params(raw_params)
-    out = {split: tmp_path / f"{split}.npy" for split in ("train", "val", "test")}
-    features = tmp_path / "features.json"
-    prepare.run(params.data, out, features)
-    model_path = tmp_path / "model.safetensors"
-    ctx = RunContext(torch.device("cpu"))
-    train.run(params, ctx, out["train"], model_path, tmp_path / "live", None, None, features)
+    _, out, _, model_path = trained(
+        tmp_path, raw_params, "diabetes.csv", "progression", val=False, epochs=2
+    )
     model, _, n_features = load_model(model_path)
 
-    lines = table.read_text().splitlines()
+    lines = (ROOT / "examples/tables/diabetes.csv").read_text().splitlines()
     header = lines[0].split(",")
     order = list(reversed(range(len(header))))  # columns in another order: found by name
     text = "\n".join(",".join(line.split(",")[i] for i in order) for line in lines) + "\n"

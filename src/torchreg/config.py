@@ -283,25 +283,30 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
 
 
 def _check_size(raw: Any, source: str) -> None:
-    """Refuse a structure of over MAX_VALUES values, each shared reference counted again.
+    """Refuse a structure of over MAX_VALUES values, each shared reference counted again."""
+    if too_many_values(raw, MAX_VALUES):
+        raise ConfigError(
+            f"{source}: too large or too deeply nested (over {MAX_VALUES:,} values, "
+            "counting each YAML alias again): params are a few sections of scalars and lists"
+        )
 
-    Stops counting at the limit, so a billion-laughs file or a self-referencing alias
-    (`&a [*a]`) costs at most MAX_VALUES steps.
-    """
+
+def too_many_values(raw: Any, limit: int) -> bool:
+    """Whether a loaded YAML document holds over `limit` values, each shared reference counted
+    again. Stops counting at the limit, so a billion-laughs file or a self-referencing alias
+    (`&a [*a]`) costs at most `limit` steps."""
     count, todo = 0, [raw]
     while todo:
         node = todo.pop()
         count += 1
-        if count > MAX_VALUES:
-            raise ConfigError(
-                f"{source}: too large or too deeply nested (over {MAX_VALUES:,} values, "
-                "counting each YAML alias again): params are a few sections of scalars and lists"
-            )
+        if count > limit:
+            return True
         if isinstance(node, dict):
             todo.extend(node.keys())
             todo.extend(node.values())
         elif isinstance(node, list | tuple):
             todo.extend(node)
+    return False
 
 
 def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:

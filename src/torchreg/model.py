@@ -22,7 +22,7 @@ from torchreg.budget import check_memory, model_bytes
 from torchreg.config import ModelConfig
 from torchreg.data import CHUNK_ROWS
 from torchreg.errors import ConfigError, DataError, first_line, rebuild_advice
-from torchreg.files import open_input, write_bytes
+from torchreg.files import open_input, read_json, write_bytes
 from torchreg.parallel import Linear
 
 FORMAT_VERSION = 3  # 1 was a torch.save archive; 2 had no content digest
@@ -110,25 +110,11 @@ def save_model(
     write_sealed(path, model.state_dict(), header)
 
 
-MAX_FEATURES_BYTES = 16 << 20  # features.json: names and two floats per feature
-
-
 def read_features(path: Path, n_features: int) -> dict | None:
     """What a model trained on a table keeps of prepare's features.json: the feature names in
     order, the target's name and the standardisation (None, or each feature's mean and std).
     None for the synthetic source, whose features are x0, x1, ... as they always were."""
-    try:
-        with open_input(path) as f:
-            text = f.read(MAX_FEATURES_BYTES + 1)
-        record = json.loads(text)
-    except FileNotFoundError:
-        raise DataError(
-            f"{path} not found: run the prepare stage first (dvc repro prepare)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"{path}: not a features file of the prepare stage ({first_line(exc)})"
-        ) from None
+    record = read_json(path, "prepare")  # bounded, one line for a missing or broken file
     if not isinstance(record, dict) or record.get("source") != "table":
         return None
     features = {

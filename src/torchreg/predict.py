@@ -36,6 +36,7 @@ from typing import TextIO
 import numpy as np
 import torch
 
+from torchreg.data.table import is_number, parse_number
 from torchreg.errors import DataError, shown
 from torchreg.evaluation import predict
 from torchreg.files import atomic_path, check_writable, open_input
@@ -58,23 +59,7 @@ MAX_COLUMNS = 4096
 def is_header(cells: list[str]) -> bool:
     """A header names every column: all cells non-empty and none a number. A row with an
     empty cell is a data row with a missing value, never a header."""
-    return all(c and not _is_number(c) for c in cells)
-
-
-def parse_number(text: str) -> float:
-    """A cell's number as the prepare stage reads a table's: Python's float, but not its
-    `1_000` (digit grouping, which a CSV reader takes for text)."""
-    if "_" in text:
-        raise ValueError(f"not a number: {text!r}")
-    return float(text)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        parse_number(text)
-    except ValueError:
-        return False
-    return True
+    return all(c and not is_number(c) for c in cells)
 
 
 class RowReader:

@@ -62,7 +62,7 @@ class Table:
             self.identity = _identity(os.fstat(f.fileno()))
             schema = self._schema(f)
         self.columns = list(schema.names)
-        odd = [c for c in self.columns if not c.strip() or _is_number(c)]
+        odd = [c for c in self.columns if not c.strip() or is_number(c)]
         if odd:
             raise DataError(
                 f"{self.name}: column name {shown(odd[0], 40)} is empty or a number: predict "
@@ -306,9 +306,17 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _is_number(text: str) -> bool:
+def parse_number(text: str) -> float:
+    """A cell's number as a table's cells are read: Python's float, but not its `1_000`
+    (digit grouping, which Arrow's reader takes for text). predict reads cells with this."""
+    if "_" in text:
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)
+
+
+def is_number(text: str) -> bool:
     try:
-        float(text)
+        parse_number(text)
     except ValueError:
         return False
     return True
