@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from torchreg import cpu, environment
-from torchreg.checkpoint import DEFAULT_PATH, RunKey, check_checkpoint_path
+from torchreg.checkpoint import DEFAULT_PATH, RunKey, check_checkpoint_path, held, keyed
 from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
@@ -127,24 +127,20 @@ def main(argv: list[str] | None = None) -> None:
             check_checkpoint_path(args.checkpoint, others)
             hint = GENERATE_HINT if args.data == parser.get_default("data") else None
             check_budget(params, DataFile(args.data, hint))
-        if params.train.nproc > 1 and not under_torchrun():
-            launch(params.train.nproc, __file__, sys.argv[1:] if argv is None else argv)
-            return
-        # Keyed to every input this stage's entry in dvc.yaml lists, the data as this run reads it.
-        checkpoint = None
-        if DVC_FILE.exists():
-            given = {
-                parser.get_default(name).as_posix(): getattr(args, name)
-                for name in ("data", "val", "features")
-            }
-            checkpoint = args.checkpoint, RunKey.of_stage("train", params, DVC_FILE, given)
-        else:
-            log.info("no %s beside the stages: no checkpoints (nothing to key them to)", DVC_FILE)
-        with joined(params.train.device) as ctx:
-            run(
-                params, ctx, args.data, args.model, args.live_dir, checkpoint,
-                args.val, args.features,
-            )  # fmt: skip
+        # One trainer per checkpoint: the process that starts the run holds it to the end.
+        with contextlib.nullcontext() if under_torchrun() else held(args.checkpoint):
+            if params.train.nproc > 1 and not under_torchrun():
+                launch(params.train.nproc, __file__, sys.argv[1:] if argv is None else argv)
+                return
+            # Keyed to every input dvc.yaml lists for this stage, the data as this run reads it.
+            names = ("data", "val", "features")
+            given = {parser.get_default(n).as_posix(): getattr(args, n) for n in names}
+            checkpoint = keyed(args.checkpoint, "train", params, DVC_FILE, given)
+            with joined(params.train.device) as ctx:
+                run(
+                    params, ctx, args.data, args.model, args.live_dir, checkpoint,
+                    args.val, args.features,
+                )  # fmt: skip
 
     run_main("train", body)
 

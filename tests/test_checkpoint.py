@@ -6,8 +6,13 @@ or data file) or a damaged one is ignored, and none is ever unpickled."""
 import hashlib
 import io
 import logging
+import os
 import pickle
 import shutil
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,7 @@ from torchreg.checkpoint import Checkpoints, RunKey, read_stage
 from torchreg.config import parse_params, read_params_file
 from torchreg.data import DataFile, make_block
 from torchreg.environment import found
+from torchreg.errors import UserError
 from torchreg.model import build_model
 from torchreg.training import fit, seeded
 
@@ -517,19 +523,72 @@ def test_a_checkpoint_path_of_a_checkpoint_or_nothing_is_accepted(saved, tmp_pat
     assert not (tmp_path / "new").exists()  # the check leaves no folder behind
 
 
-def test_removing_the_checkpoint_removes_the_folder_it_made(params, data, tmp_path):
+def test_the_lock_goes_at_the_end_and_an_empty_folder_with_it(params, data, tmp_path):
+    from torchreg.checkpoint import held
+
     rows, path = data
     folder = tmp_path / "checkpoints"
-    saving = checkpoints(folder / "train.ckpt", params, path)
-    saving.save({"x": torch.zeros(1)}, 1)
-    saving.remove()
+    folder.mkdir()  # an earlier run's empty folder: not left behind either
+    with held(folder / "train.ckpt"):
+        saving = checkpoints(folder / "train.ckpt", params, path)
+        saving.save({"x": torch.zeros(1)}, 1)
+        assert (folder / "train.ckpt.lock").read_text() == f"{os.getpid()}\n"
+        saving.remove()
     assert not folder.exists()
-    kept = tmp_path / "mine"
-    kept.mkdir()
-    saving = checkpoints(kept / "train.ckpt", params, path)
-    saving.save({"x": torch.zeros(1)}, 1)
-    saving.remove()
-    assert kept.is_dir()  # it was there before: kept
+    (folder / "mine").mkdir(parents=True)
+    with held(folder / "train.ckpt"):
+        pass
+    assert [p.name for p in folder.iterdir()] == ["mine"]  # someone's files: kept
+
+
+def test_two_runs_never_share_a_checkpoint(tmp_path, caplog):
+    from torchreg.checkpoint import held
+
+    path = tmp_path / "checkpoints" / "train.ckpt"
+    caplog.set_level(logging.INFO, logger="torchreg.checkpoint")
+    with held(path):
+        started = time.monotonic()
+        with pytest.raises(UserError) as e, held(path, wait_s=0.5):
+            pass
+        assert time.monotonic() - started >= 0.5
+    assert str(e.value) == (
+        f"{path} is in use by another train run (pid {os.getpid()}) that did not end within "
+        "0.5 s: wait for it, or stop it, then run this again"
+    )
+    assert f"waiting for the train run (pid {os.getpid()}) that holds {path}" in caplog.text
+
+
+def test_a_run_waits_for_the_one_before_it_to_end(tmp_path):
+    from torchreg.checkpoint import held
+
+    path = tmp_path / "checkpoints" / "train.ckpt"
+    order = []
+    first = held(path)
+    first.__enter__()
+    threading.Timer(
+        0.5, lambda: (order.append("first ends"), first.__exit__(None, None, None))
+    ).start()
+    with held(path, wait_s=30):
+        order.append("second starts")
+    assert order == ["first ends", "second starts"]
+
+
+def test_the_lock_of_a_killed_run_is_free_at_once(tmp_path):
+    from torchreg.checkpoint import held
+
+    path = tmp_path / "checkpoints" / "train.ckpt"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from torchreg.checkpoint import held; import time\n"
+         f"with held(__import__('pathlib').Path({str(path)!r})):\n"
+         "    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.wait()
+    started = time.monotonic()
+    with held(path, wait_s=5):
+        assert time.monotonic() - started < 1
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -620,6 +620,49 @@ def test_a_log_level_that_is_none_is_one_line(monkeypatch, capsys, value):
     )
 
 
+def wait_for_text(path: Path, text: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (found := path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+@pytest.mark.parametrize("dvc_started", [True, False], ids=["under-dvc", "by-hand"])
+def test_a_stage_ends_with_the_dvc_that_started_it(tmp_path, dvc_started):
+    """kill -9 of `dvc repro` leaves no trainer behind (DVC sets DVC_STAGE for the stages it
+    runs); a stage started by hand outlives its parent, as `nohup` expects."""
+    log = tmp_path / "stage.log"
+    log.touch()
+    stage = (
+        "import sys, time\nfrom torchreg.stage import run_main\n"
+        "run_main('train', lambda: (print('up', file=sys.stderr, flush=True), time.sleep(60)))"
+    )
+    dvc = (  # stands for dvc: starts the stage, says its pid, waits
+        "import subprocess, sys\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {stage!r}], stderr=open({str(log)!r}, 'w'))\n"
+        "print(p.pid, flush=True)\np.wait()"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DVC_STAGE"}
+    if dvc_started:
+        env["DVC_STAGE"] = "train"
+    parent = subprocess.Popen([sys.executable, "-c", dvc], stdout=subprocess.PIPE, env=env)
+    pid = int(parent.stdout.readline())
+    try:
+        assert wait_for_text(log, "up\n") == "up\n"
+        parent.kill()
+        parent.wait()
+        if dvc_started:
+            said = "train: terminated (SIGTERM); no output was written\n"
+            assert wait_for_text(log, said) == "up\n" + said
+        else:
+            time.sleep(2)
+            os.kill(pid, 0)  # still running
+            assert log.read_text() == "up\n"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf"])
 def test_a_peer_timeout_that_is_no_number_of_seconds_is_one_line(monkeypatch, value):
     from torchreg.context import dist_timeout_s

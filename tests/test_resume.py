@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -194,3 +195,32 @@ def test_a_checkpoint_of_another_cpu_mode_is_not_resumed(workdir, tmp_path):
     assert "resuming" not in result.stderr
     plain = digests(workdir / "linear-sgd-mae-constant-none" / "plain")
     assert digests(folder / "resumed") == plain
+
+
+def test_a_dvc_killed_alone_leaves_no_trainer_behind(built, tmp_path):
+    """kill -9 of the dvc process alone (not its group): its train stage stops within a
+    second or two, releasing the checkpoint, and the next `dvc repro` runs to the end."""
+    import psutil
+
+    repo = tmp_path / "killed"
+    run(["git", "clone", "-q", str(built), str(repo)], tmp_path)
+    set_params(repo, train__epochs=100_000, train__checkpoint_every_s=0)
+    dvc = subprocess.Popen(
+        ["dvc", "repro", "train"], cwd=repo, env=subprocess_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (repo / "checkpoints/train.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    trainer = psutil.Process(dvc.pid).children(recursive=True)
+    assert trainer and (repo / "checkpoints/train.ckpt").exists()
+    dvc.kill()
+    dvc.wait()
+    gone, alive = psutil.wait_procs(trainer, timeout=10)
+    assert not alive, f"still running after dvc was killed: {alive}"
+    set_params(repo, train__epochs=30, train__checkpoint_every_s=60)
+    result = run(["dvc", "repro"], repo)
+    assert "train: waiting" not in result.stderr
+    differ = [n for n in OUTPUTS if (repo / n).read_bytes() != (built / n).read_bytes()]
+    assert not differ
+    assert not (repo / "checkpoints").exists()

@@ -12,7 +12,7 @@ import shlex
 import pytest
 
 from support import run
-from transcripts import blocks, missing_lines
+from transcripts import blocks, mismatch
 
 MODEL = "models/model.safetensors"
 # Machine -> (experiment name, train.lr); the `repo` fixture's baseline lr is 0.05.
@@ -96,10 +96,9 @@ def not_shown_as_run(shown: list[str], printed: str) -> list[str]:
             wrong.append(f"not run: {command}")
             continue
         _, output = runs.pop(i)
-        expected = [e for e in expected if e.strip() and e.strip() != "..."]
-        wrong += [
-            f"{command}: not printed: {m}" for m in missing_lines(expected, "\n".join(output))
-        ]
+        problem = mismatch(expected, "\n".join(output))
+        if problem:
+            wrong.append(f"{command}: {problem}")
     return wrong
 
 
@@ -107,7 +106,11 @@ def test_page_transcript_check():
     printed = "[a] $ dvc push\n3 files pushed\n[c] $ dvc pull\nEverything is up to date.\n"
     assert not_shown_as_run(["[a] $ dvc push", "...", "3 files pushed"], printed) == []
     assert not_shown_as_run(["[a] $ dvc push", "| a | b |"], printed) == [
-        "[a] $ dvc push: not printed: | a | b |"
+        "[a] $ dvc push: shown line 1 not printed where shown: '| a | b |'"
+    ]
+    assert not_shown_as_run(["[c] $ dvc pull"], printed) == [
+        "[c] $ dvc pull: printed but not shown (no `...` stands for it): "
+        "'Everything is up to date.'"
     ]
     assert not_shown_as_run(["[b] $ dvc push"], printed) == ["not run: [b] $ dvc push"]
 

@@ -3,10 +3,11 @@ matching of a shown transcript against real output (also used by tests/test_team
 
 Pages: README.md, then every page under docs/, in PAGES order. In a page:
 - a ```console block is a transcript: a line starting with `$ ` is a command, the lines up to
-  the next command what it prints. Every shown line must match a line of the real output, a
-  different one each, in any order; runs of spaces count as one; blank lines and lines of just
-  `...` are not checked; `...` within a line stands for any text. A line `[N]` says the
-  command exits with status N; without one it must succeed.
+  the next command what it prints. The shown lines are the real output's lines, all of them
+  and in the same order, except that a line of just `...` stands for any number of lines
+  (none included); `...` within a line stands for any text; runs of spaces count as one; blank
+  lines are not compared. A line `[N]` says the command exits with status N; without one it
+  must succeed.
 - the README's Quick start ```bash block is replayed command by command (output not shown);
 - a ```text block holds no commands (a file tree, a diagram);
 - any other block of commands (```bash, or one without a language) starts with a comment
@@ -54,7 +55,7 @@ class Block:
 @dataclass
 class Command:
     line: str
-    expected: list[str] = field(default_factory=list)  # shown output lines, blanks dropped
+    expected: list[str] = field(default_factory=list)  # shown output lines (`...` kept), no blanks
     status: int = 0
 
 
@@ -106,7 +107,7 @@ def parse_transcript(block: list[str]) -> list[Command]:
             raise ValueError(f"transcript: output before any command: {line!r}")
         elif re.fullmatch(r"\[\d+\]", line.strip()):
             commands[-1].status = int(line.strip()[1:-1])
-        elif line.strip() and line.strip() != "...":
+        elif line.strip():
             commands[-1].expected.append(line)
     return commands
 
@@ -119,19 +120,38 @@ def line_pattern(shown: str) -> re.Pattern:
     return re.compile(".*".join(re.escape(part) for part in normalize(shown).split("...")))
 
 
-def missing_lines(expected: list[str], output: str) -> list[str]:
-    """The shown lines that match no line of the output (an empty list: all found)."""
-    unused = [normalize(line) for line in output.splitlines()]
-    missing = []
-    # The most specific lines first, so that `... Success` cannot take the `too-fast` line.
-    for shown in sorted(expected, key=lambda line: line.count("...")):
-        pattern = line_pattern(shown)
-        match = next((i for i, line in enumerate(unused) if pattern.fullmatch(line)), None)
-        if match is None:
-            missing.append(shown)
+ELIDED = "..."  # a shown line that stands for any number of real lines
+
+
+def mismatch(expected: list[str], output: str) -> str | None:
+    """Where the shown lines part from the output's lines (None: they agree).
+
+    Glob matching over lines: each shown line matches exactly one real line, in order; a line
+    of just `...` matches any run of them, the empty run included."""
+    shown = [normalize(line) for line in expected if line.strip()]
+    real = [normalize(line) for line in output.splitlines() if line.strip()]
+    patterns = [None if line == ELIDED else line_pattern(line) for line in shown]
+    i = j = 0  # next shown line, next real line
+    star = back = -1  # the last `...` seen, and the real line it was tried up to
+    furthest = 0  # the most shown lines matched at once, for the message
+    while j < len(real):
+        if i < len(shown) and patterns[i] is not None and patterns[i].fullmatch(real[j]):
+            i, j = i + 1, j + 1
+            furthest = max(furthest, i)
+        elif i < len(shown) and patterns[i] is None:
+            star, back, i = i, j, i + 1
+        elif star >= 0:
+            back += 1
+            i, j = star + 1, back
         else:
-            del unused[match]
-    return missing
+            break
+    while i < len(shown) and patterns[i] is None:
+        i += 1
+    if i == len(shown) and j == len(real):
+        return None
+    if furthest < len(shown):
+        return f"shown line {furthest + 1} not printed where shown: {shown[furthest]!r}"
+    return f"printed but not shown (no `...` stands for it): {real[j] if j < len(real) else ''!r}"
 
 
 def docs_pages() -> set[str]:

@@ -17,12 +17,14 @@ damaged file fails the digest and is ignored.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,13 @@ import torch
 from torchreg.config import Params, read_params_file
 from torchreg.environment import found
 from torchreg.errors import ConfigError, UserError
-from torchreg.files import atomic_path, check_writable, open_input, remove_stale_temps
+from torchreg.files import (
+    atomic_path,
+    check_writable,
+    make_folder,
+    open_input,
+    remove_stale_temps,
+)
 from torchreg.stage import LAUNCHER_ENV
 
 log = logging.getLogger(__name__)
@@ -146,6 +154,17 @@ class RunKey:
         return None
 
 
+def keyed(
+    path: Path, stage: str, params: Params, dvc_file: Path, given: dict[str, Path]
+) -> tuple[Path, RunKey] | None:
+    """`stage`'s checkpoint path with its key (RunKey.of_stage); None, with one line, where
+    there is no `dvc_file` to key it to."""
+    if not dvc_file.exists():
+        log.info("no %s here: no checkpoints (nothing to key them to)", dvc_file)
+        return None
+    return path, RunKey.of_stage(stage, params, dvc_file, given)
+
+
 def kill_point(point: str, epoch: int) -> None:
     """SIGKILL this run at `point` after epoch `epoch` (1-based) if KILL_ENV asks for it."""
     if os.environ.get(KILL_ENV) != f"{point}:{epoch}":
@@ -172,8 +191,6 @@ class Checkpoints:
         larger file is ignored unread."""
         self.path, self.key, self.every_s, self.writer = path, key, every_s, writer
         self.max_bytes = max_bytes
-        # The folder is removed with the checkpoint if this run made it.
-        self.made_folder = not path.parent.exists()
         self.last = time.monotonic()
 
     def due(self) -> bool:
@@ -245,9 +262,62 @@ class Checkpoints:
         if self.writer:
             self.path.unlink(missing_ok=True)
             remove_stale_temps(self.path)
-            if self.made_folder:
-                with contextlib.suppress(OSError):  # not empty: something else is kept there
-                    self.path.parent.rmdir()
+
+
+# How long a run waits for another one that holds its checkpoint (one whose dvc was killed
+# stops within a second; see stage.stop_with_dvc) before it gives up.
+LOCK_WAIT_S = 30.0
+
+
+@contextlib.contextmanager
+def held(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """The checkpoint `path` for this run alone, while the block runs: two trainers never
+    share one. The lock is an flock on `<path>.lock` (the kernel drops it when its holder
+    dies, even on kill -9), which holds the holder's pid for the message; another holder is
+    waited for up to `wait_s`, then refused. At the end the lock file goes, and the folder
+    with it when nothing else is left there."""
+    lock = path.with_name(path.name + ".lock")
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        make_folder(lock)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the last holder removed the folder just now
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"{path} is in use by another train run (pid {holder}) that did not end "
+                    f"within {wait_s:g} s: wait for it, or stop it, then run this again"
+                ) from None
+            if not said:
+                log.info("waiting for the train run (pid %s) that holds %s to end", holder, path)
+                said = True
+            time.sleep(0.2)
+            continue
+        if _same_inode(fd, lock):  # not a file its last holder removed while we waited
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+        with contextlib.suppress(OSError):  # not empty: a checkpoint kept, or someone's files
+            path.parent.rmdir()
+
+
+def _same_inode(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def max_checkpoint_bytes(n_weights: int, epochs: int) -> int:

@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,6 +65,25 @@ def _say_interrupted(stage: str, signum: int) -> None:
         print(f"{stage}: {name}; no output was written", file=sys.stderr)
 
 
+def stop_with_dvc() -> None:
+    """A stage that DVC started ends when that dvc process ends, however it ends: a kill -9 of
+    `dvc repro` must not leave a trainer behind, writing outputs and checkpoints while the next
+    `dvc repro` runs its own. A thread looks at the parent twice a second; once it is gone,
+    the stage gets SIGTERM, as from `kill` (its one line; a checkpoint saved is kept). Started
+    by hand (no DVC_STAGE in the environment, which DVC sets), a stage outlives its shell as
+    any program does (`nohup`)."""
+    if "DVC_STAGE" not in os.environ:
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-dvc", daemon=True).start()
+
+
 def run_main(stage: str, body: Callable[[], object]) -> None:
     """Run a stage body; a user mistake, Ctrl-C or SIGTERM ends it with one line, not a
     traceback (exit 2 for a mistake, 128 + the signal's number for an interrupt)."""
@@ -82,6 +103,7 @@ def run_main(stage: str, body: Callable[[], object]) -> None:
     if signal.getsignal(signal.SIGINT) in _quiet:  # from here on, clean up first
         signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: clean up, one line
+    stop_with_dvc()
     try:
         body()
     except UserError as exc:
