@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
 import yaml
 
-from support import ROOT, run, run_stage
+from support import ROOT, run, run_stage, subprocess_env
 from torchreg import cpu, environment, fixedmath
 from torchreg.errors import ConfigError
 
@@ -161,3 +162,21 @@ def test_a_false_record_stops_at_validate_and_deletes_nothing(built):
     assert ran_stages(failed.stdout) == {"validate"}
     assert {p: p.read_bytes() for p in (built / "models").iterdir()} == before
     assert {p: p.read_bytes() for p in (built / "plots").glob("*.png")} == plots
+
+
+def test_importing_the_package_imports_nothing_heavy():
+    """A stage installs its Ctrl-C handler right after `from torchreg.stage import ...`: an
+    interrupt before that is a traceback, so the package's import must be quick."""
+    code = "import sys, torchreg.stage; print([m for m in ('numpy', 'torch') if m in sys.modules])"
+    result = run([sys.executable, "-c", code], ROOT, env=subprocess_env(ROOT / "src"))
+    assert result.stdout == "[]\n"
+
+
+@pytest.mark.parametrize("order", ["torchreg first", "torch first"])
+def test_torch_computes_portably_whichever_is_imported_first(order):
+    imports = "import torchreg, torch" if order == "torchreg first" else "import torch, torchreg"
+    code = f"{imports}, os; print(os.environ['ATEN_CPU_CAPABILITY'], torch.get_num_threads())"
+    env = subprocess_env(ROOT / "src", drop=("ATEN_", "OMP_", "MKL_"))
+    result = run([sys.executable, "-c", code], ROOT, env=env)
+    expected = cpu.portable_settings()["ATEN_CPU_CAPABILITY"]
+    assert result.stdout == f"{expected} 1\n"
