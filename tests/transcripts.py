@@ -134,10 +134,12 @@ def mismatch(expected: list[str], output: str) -> str | None:
     i = j = 0  # next shown line, next real line
     star = back = -1  # the last `...` seen, and the real line it was tried up to
     furthest = 0  # the most shown lines matched at once, for the message
+    after = 0  # the real line after the first match of every shown line
     while j < len(real):
         if i < len(shown) and patterns[i] is not None and patterns[i].fullmatch(real[j]):
             i, j = i + 1, j + 1
-            furthest = max(furthest, i)
+            if i > furthest:
+                furthest, after = i, j
         elif i < len(shown) and patterns[i] is None:
             star, back, i = i, j, i + 1
         elif star >= 0:
@@ -151,7 +153,7 @@ def mismatch(expected: list[str], output: str) -> str | None:
         return None
     if furthest < len(shown):
         return f"shown line {furthest + 1} not printed where shown: {shown[furthest]!r}"
-    return f"printed but not shown (no `...` stands for it): {real[j] if j < len(real) else ''!r}"
+    return f"printed but not shown (no `...` stands for it): {real[after]!r}"
 
 
 def docs_pages() -> set[str]:
