@@ -35,7 +35,7 @@ def test_bad_lr_under_dvc_repro_deletes_nothing(built):
     assert "Running stage 'train'" not in result.stdout
     assert snapshot(built) == good
 
-    # Back to the good value (as `git checkout params.yaml`; see below why not that command):
+    # Back to the good value, as docs/failure-behaviour.md says (see below why not checkout):
     # only the cheap validate stage runs again.
     (built / "params.yaml").write_text(run(["git", "show", "HEAD:params.yaml"], built).stdout)
     again = run(["dvc", "repro"], built)
@@ -55,8 +55,8 @@ def test_bad_lr_under_dvc_exp_run_deletes_nothing(built):
     assert snapshot(built) == good
     # DVC leaves its -S edit in the workspace: params.yaml keeps the bad value until reverted.
     assert "lr: abc" in (built / "params.yaml").read_text()
-    # What `git checkout params.yaml` does. Not that command here: DVC rewrites the file within
-    # the second of the commit and at the same size, so git's stat check takes it as unchanged.
+    # The recovery docs/failure-behaviour.md gives. Not `git checkout params.yaml`: DVC rewrites
+    # the file within the second and at the same size, so git's stat check takes it as unchanged.
     committed = run(["git", "show", "HEAD:params.yaml"], built).stdout
     (built / "params.yaml").write_text(committed)
     again = run(["dvc", "repro"], built)
