@@ -624,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     ran = sum(o.status == "done" for o in outcomes)
     print(
-        f"cluster_sweep: {len(points)} experiments: {ran} run, "
+        f"cluster_sweep: {len(points)} experiment{'s' * (len(points) != 1)}: {ran} run, "
         f"{sum(o.status == 'existed' for o in outcomes)} already on origin, {len(failed)} failed",
         file=sys.stderr,
     )

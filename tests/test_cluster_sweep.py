@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from support import BIN, ROOT, run, subprocess_env
+from transcripts import blocks
 
 sys.path.insert(0, str(ROOT / "experiments"))
 from cluster_sweep import SweepError, exp_ref, expand_grid, experiment_name, varying_keys  # noqa: E402
@@ -116,6 +117,27 @@ def test_refuses_a_commit_that_origin_does_not_have(tmp_path):
     (repo / "f").write_text("2\n")
     result = cli("-S", "train.lr=0.1", cwd=repo)
     assert result.returncode == 2 and "uncommitted changes" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_readme_set_up_for_a_sweep_on_one_machine(repo):
+    """The README's two lines for a trial, in a clone whose origin cannot be pushed to (as
+    a fresh clone of the project's), then a one-point sweep on the local cluster."""
+    (block,) = [
+        b
+        for b in blocks("README.md")
+        if b.lines[:1] and "tests/test_cluster_sweep.py" in b.lines[0]
+    ]
+    upstream = repo.parent / "upstream"  # stands for the project's: never pushed to here
+    repo.rename(upstream)
+    run(["git", "clone", "-q", str(upstream), str(repo)], repo.parent)
+    for line in block.lines[1:]:
+        run(["bash", "-c", line], repo)
+    result = run([sys.executable, SCRIPT, "-S", "train.lr=0.1"], repo, timeout=300)
+    assert "cluster_sweep: 1 experiment: 1 run, 0 already on origin, 0 failed" in result.stderr
+    ours = run(["git", "for-each-ref", "refs/exps"], repo.parent / "torchreg-origin.git").stdout
+    assert ours.count("\n") == 1
+    assert run(["git", "for-each-ref", "refs/exps"], upstream).stdout == ""
 
 
 # --- slow: a cluster of separate processes ------------------------------------------------
