@@ -33,12 +33,15 @@ stamp=.venv/.installed
 # sha256sum; Python is here in any case).
 want=$(cat requirements.lock pyproject.toml | "$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest(), " -")')
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "run.sh: installing requirements.lock into a new .venv (first run: a few minutes)" >&2
+  packages=$(grep -c '^[A-Za-z0-9_.-]*==' requirements.lock)
+  echo "run.sh: installing requirements.lock ($packages packages) into a new .venv, in 3 steps" >&2
   # A new venv, not an update: a package dropped from the lock must not linger.
   rm -rf .venv
   "$python" -m venv .venv
   pip=(.venv/bin/python -m pip install --quiet --no-deps)
   torch=$(grep -m1 '^torch==' requirements.lock)
+  SECONDS=0
+  echo "run.sh: 1/3 $torch (the largest)" >&2
   torch_index=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
   # torch has no hash in the lock (see tools/lock.sh). A wheel already in pip's find-links (a
   # local wheelhouse: PIP_FIND_LINKS or pip.conf) is used without asking the network; else
@@ -54,11 +57,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
       exit 2
     fi
   fi
+  echo "run.sh: 2/3 the other $((packages - 1)) packages ($SECONDS s so far)" >&2
   grep -v '^torch==' requirements.lock >.venv/requirements-hashed.txt
   "${pip[@]}" --require-hashes -r .venv/requirements-hashed.txt
   # The project itself, editable; its build backend (setuptools) is in the lock.
+  echo "run.sh: 3/3 this project, editable ($SECONDS s so far)" >&2
   "${pip[@]}" --no-build-isolation -e .
   echo "$want" >"$stamp"
+  echo "run.sh: set-up done in $SECONDS s" >&2
 fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
