@@ -10,6 +10,7 @@ import pytest
 from dvc.utils.serialize import ParseError, load_yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from support import ROOT
 from torchreg.config import (
@@ -584,3 +585,141 @@ def test_a_duplicate_key_message_ruamel_words_otherwise_is_quoted_cut(tmp_path, 
     with pytest.raises(ConfigError) as err:
         load_params(path)
     assert str(err.value) == f"{path}: duplicate key {'p' * 77}... at line 5: {ONCE}"
+
+
+# --- every declared bound of every param: accepted at the bound, refused just past it --------
+
+
+def declared_bounds(model: type[BaseModel] = Params, prefix: str = "") -> list[tuple]:
+    """(dotted key, bound kind, bound, type) for each bound a params section declares: its
+    numbers' Field(ge/gt/le/lt) and its lists' lengths (min_length/max_length)."""
+    found = []
+    for name, field in model.model_fields.items():
+        key, kind = f"{prefix}{name}", field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            found += declared_bounds(kind, f"{key}.")
+            continue
+        for rule in field.metadata:
+            for attr in ("ge", "gt", "le", "lt", "min_length", "max_length"):
+                if getattr(rule, attr, None) is not None and type(rule).__name__ != "FieldInfo":
+                    found.append((key, attr, getattr(rule, attr), kind))
+    return found
+
+
+# The bounds, written out here (not read from the schema): a bound moved in torchreg.config
+# fails test_the_schema_declares_these_bounds and the value tests below. Keys ending in `[]`
+# are a list's elements.
+BOUNDS = {
+    ("data.seed", "ge"): (0, int),
+    ("data.seed", "lt"): (2**63, int),
+    ("data.true_w", "min_length"): (1, list),
+    ("data.true_w", "max_length"): (4096, list),
+    ("data.n_train", "ge"): (1, int),
+    ("data.n_train", "le"): (10**9, int),
+    ("data.n_val", "ge"): (1, int),
+    ("data.n_val", "le"): (10**9, int),
+    ("data.n_test", "ge"): (1, int),
+    ("data.n_test", "le"): (10**9, int),
+    ("data.noise_std", "ge"): (0, float),
+    ("data.table.path", "max_length"): (4096, str),
+    ("data.table.target", "max_length"): (200, str),
+    ("data.table.features", "max_length"): (4096, list),
+    ("data.table.features[]", "min_length"): (1, str),
+    ("data.table.features[]", "max_length"): (200, str),
+    ("data.table.val_fraction", "ge"): (0, float),
+    ("data.table.val_fraction", "lt"): (1, float),
+    ("data.table.test_fraction", "ge"): (0, float),
+    ("data.table.test_fraction", "lt"): (1, float),
+    ("model.hidden", "max_length"): (64, list),
+    ("model.hidden[]", "ge"): (1, int),
+    ("model.hidden[]", "le"): (65536, int),
+    ("train.seed", "ge"): (0, int),
+    ("train.seed", "lt"): (2**63, int),
+    ("train.lr", "gt"): (0, float),
+    ("train.epochs", "ge"): (1, int),
+    ("train.epochs", "le"): (10**7, int),
+    ("train.batch_size", "ge"): (1, int),
+    ("train.batch_size", "le"): (10**9, int),
+    ("train.init_std", "ge"): (0, float),
+    ("train.nproc", "ge"): (1, int),
+    ("train.nproc", "le"): (1024, int),
+    ("train.average_start", "ge"): (0, float),
+    ("train.average_start", "lt"): (1, float),
+    ("train.checkpoint_every_s", "ge"): (0, float),
+    ("train.checkpoint_every_s", "le"): (7 * 86400, float),
+    ("train.patience", "ge"): (0, int),
+    ("train.patience", "le"): (10**7, int),
+    ("plot.feature", "ge"): (0, int),
+}
+ITEM = {"data.true_w": 1.0, "model.hidden": 4}  # a valid element for a list's length
+
+
+def inside_and_outside(kind: str, bound, typ, key: str) -> tuple:
+    """The value at (or, for a strict bound, next to) the bound, and the one just past it."""
+    if kind in ("min_length", "max_length"):
+        item = ITEM.get(key)
+        make = (lambda n: [f"x{i}" for i in range(n)]) if item is None else (lambda n: [item] * n)
+        if typ is str:
+            make = "x".__mul__
+        step = -1 if kind == "min_length" else 1
+        return make(bound), make(bound + step)
+    bound = typ(bound)
+    down, up = (bound - 1, bound + 1) if typ is int else (
+        math.nextafter(bound, -math.inf), math.nextafter(bound, math.inf)
+    )  # fmt: skip
+    return {"ge": (bound, down), "gt": (up, bound), "le": (bound, up), "lt": (down, bound)}[kind]
+
+
+# What another param must be for a value at the bound to be valid as a whole.
+WITH = {"data.true_w": {"plot.feature": 0}}
+# Bounds that a check across params always reaches first (tested with that check).
+COUPLED = {(f"data.table.{f}_fraction", k) for f in ("val", "test") for k in ("ge", "lt")}
+
+
+def with_value(key: str, value) -> dict:
+    raw = read_params_file(ROOT / "params.yaml")
+    for other, other_value in WITH.get(key, {}).items():
+        raw = with_value_in(raw, other, other_value)
+    return with_value_in(raw, key, value)
+
+
+def with_value_in(raw: dict, key: str, value) -> dict:
+    if key.endswith("[]"):
+        key, value = key[:-2], [value]
+    *parents, leaf = key.split(".")
+    section = raw
+    for part in parents:
+        section = section.setdefault(part, {})
+    section[leaf] = value
+    return raw
+
+
+def test_the_schema_declares_these_bounds():
+    declared = {(key, kind): bound for key, kind, bound, _ in declared_bounds()}
+    assert declared == {k: bound for k, (bound, _) in BOUNDS.items() if "[]" not in k[0]}
+
+
+@pytest.mark.parametrize("key,kind", BOUNDS, ids=[f"{key}-{kind}" for key, kind in BOUNDS])
+def test_a_bound_holds_at_its_value_and_refuses_the_next(key, kind):
+    bound, typ = BOUNDS[key, kind]
+    if (key, kind) in COUPLED:
+        pytest.skip("a check of both fractions comes first: test_the_fractions_bounds")
+    inside, outside = inside_and_outside(kind, bound, typ, key)
+    parse_params(with_value(key, inside))
+    with pytest.raises(ConfigError) as e:
+        parse_params(with_value(key, outside))
+    assert str(e.value).startswith(f"params.yaml: {key.removesuffix('[]')}")
+
+
+@pytest.mark.parametrize("name,other", [("val", "test"), ("test", "val")])
+def test_the_fractions_bounds(name, other):
+    """Each over 0, and their sum under 1: at each bound and just past it."""
+    key, other_key = f"data.table.{name}_fraction", f"data.table.{other}_fraction"
+    smallest = math.nextafter(0, 1)
+    parse_params(with_value_in(with_value(key, smallest), other_key, 0.5))
+    with pytest.raises(ConfigError, match="must both be over 0"):
+        parse_params(with_value(key, 0.0))
+    # 0.75 - 2**-53 + 0.25 is the largest double under 1 (with 0.5 it would round to 1).
+    parse_params(with_value_in(with_value(key, math.nextafter(0.75, 0)), other_key, 0.25))
+    with pytest.raises(ConfigError, match="= 1 leaves no training rows"):
+        parse_params(with_value_in(with_value(key, 0.75), other_key, 0.25))
