@@ -4,13 +4,16 @@ On a nonlinear target (data.target = quadratic) it queues, and runs with `dvc qu
   linear           the tutorial's x @ w + b
   mlp, none        stacked Linear layers with nothing between them: still one linear map
   mlp, sigmoid / tanh / relu   the same stack with an activation
-then writes docs/activations.json (each run's metrics and learned curve), docs/activations.png
-(the figure) and the table, between the `activations` markers of docs/activations.md. The
+then writes activations/activations.json (each run's metrics and learned curve),
+activations/activations.png (the figure) and activations/activations.md (the table): a folder
+git ignores, so the lesson leaves the repo clean (a sweep after it still runs). The page
+docs/activations.md shows a committed run: `--out-dir docs --page docs/activations.md` rewrites
+its table (between its `activations` markers) and figure. The
 experiments start from the committed params.yaml (git HEAD's) plus the settings below; a
 workspace params.yaml that differs is refused unless --workspace says to use it. Run from the
 repo root, with a committed baseline:
   python experiments/activations.py [--jobs 2]
-`--redraw` rebuilds the table and figure from docs/activations.json alone, without running the
+`--redraw` rebuilds the table and figure from OUT_DIR/activations.json alone, without running the
 experiments again.
 """
 
@@ -193,8 +196,14 @@ def figure(record: dict) -> plt.Figure:
     return fig
 
 
-def write(record: dict, out_dir: Path, page: Path) -> str:
-    """The figure into out_dir, the table (and the figure's link) between the markers of page."""
+def write(record: dict, out_dir: Path, page: Path | None) -> str:
+    """The figure into out_dir, the table (and the figure's link) between the markers of page
+    (by default a page of its own, out_dir/activations.md)."""
+    if page is None:
+        page = out_dir / "activations.md"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        if not page.exists():
+            page.write_text(f"# The multi-layer lesson\n\n{START}\n{END}\n")
     md = table(record)
     settings = ", ".join(record["settings"])
     figure_path = out_dir / "activations.png"
@@ -219,10 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="queue workers (default 2)")
     parser.add_argument("--epochs", type=int, default=200, help="train.epochs for every run")
     parser.add_argument(
-        "--out-dir", type=Path, default=Path("docs"), help="where the figure and record go"
+        "--out-dir",
+        type=Path,
+        default=Path("activations"),
+        help="where the figure, the record and (without --page) the table go",
     )
     parser.add_argument(
-        "--page", type=Path, default=Path("docs/activations.md"), help="the page with the table"
+        "--page", type=Path, help="a page whose `activations` block gets the table and figure"
     )
     parser.add_argument(
         "--workspace",
@@ -262,7 +274,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def progress(left: int) -> None:  # as DVC's queue says: a task can be between states
         elapsed = time.perf_counter() - start
-        print(f"activations: {left} of {n} queued or running ({elapsed:.0f} s)", file=sys.stderr)
+        done = n - left
+        # The experiments take about as long as each other: the rate so far gives the rest.
+        estimate = f", about {elapsed / done * left:.0f} s left" if 0 < done < n else ""
+        print(
+            f"activations: {left} of {n} queued or running ({elapsed:.0f} s{estimate})",
+            file=sys.stderr,
+        )
 
     seconds = run_queue(repo, args.jobs, progress=progress)
     print(f"activations: all {n} finished ({seconds:.0f} s)", file=sys.stderr)

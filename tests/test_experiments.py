@@ -1,6 +1,7 @@
 """Queued sweeps, failures, comparison, with the real dvc CLI in a copy of the repo."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -136,9 +137,12 @@ def test_activation_lesson_script(built):
         timeout=600,
     )
     assert "| mlp none |" in result.stdout and "| mlp relu |" in result.stdout
-    assert (built / "docs/activations.png").stat().st_size > 10_000
-    page = (built / "docs/activations.md").read_text()
+    assert (built / "activations/activations.png").stat().st_size > 10_000
+    page = (built / "activations/activations.md").read_text()
     assert "| linear |" in page.split("activations:start")[1].split("activations:end")[0]
+    assert re.search(r"of 5 queued or running \(\d+ s, about \d+ s left\)", result.stderr)
+    # Nothing tracked was rewritten: a sweep after the lesson finds no uncommitted changes.
+    assert run(["git", "status", "--porcelain"], built).stdout == ""
 
 
 def test_every_param_can_be_set_with_dash_s(repo):

@@ -38,6 +38,8 @@ PAGES = [
     "docs/team.md",
     "docs/testing.md",
     "docs/mutation-testing.md",
+    "docs/internals/same-bytes.md",
+    "docs/internals/sweeps.md",
     # Last: it commits a table and leaves its experiments in the workspace.
     "docs/own-data.md",
 ]
@@ -157,7 +159,7 @@ def mismatch(expected: list[str], output: str) -> str | None:
 
 
 def docs_pages() -> set[str]:
-    return {"README.md", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))}
+    return {"README.md", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md"))}
 
 
 def heading_anchors(text: str) -> set[str]:
