@@ -40,9 +40,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$python" -m venv .venv
   pip=(.venv/bin/python -m pip install --quiet --no-deps)
   torch=$(grep -m1 '^torch==' requirements.lock)
+  torch_index=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
+  if [ "$(uname -s)" = Darwin ]; then
+    # macOS: PyPI's torch is the CPU build (with Apple's GPU, MPS), under the plain version.
+    torch=${torch%+cpu}
+    torch_index=${TORCH_INDEX_URL-https://pypi.org/simple}
+  fi
   SECONDS=0
   echo "run.sh: 1/3 $torch (the largest)" >&2
-  torch_index=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
   # torch has no hash in the lock (see tools/lock.sh). A wheel already in pip's find-links (a
   # local wheelhouse: PIP_FIND_LINKS or pip.conf) is used without asking the network; else
   # PyTorch's CPU index has it. pip's own retries are bounded: an index that does not answer
@@ -74,6 +79,15 @@ command=${1:-}
 case "$command" in
   setup) ;;
   repro)
+    # Another platform or CPU family (a Mac, arm64, an x86-64 CPU without AVX2) makes bytes of
+    # its own: record this machine in environment.yaml, say so, and let DVC rerun what that
+    # affects (a plain `dvc repro` refuses instead, naming what differs).
+    if ! differs=$(python -m torchreg.environment --check 2>&1); then
+      echo "run.sh: ${differs#environment: }" >&2
+      echo "run.sh: this machine's results will be its own bytes, not the committed ones" \
+        "(docs/reproducibility.md); recording it:" >&2
+      python -m torchreg.environment >&2
+    fi
     dvc repro "$@"
     # The headline, also when DVC skipped evaluate (its outputs were up to date) and printed none.
     python - <<'PY'

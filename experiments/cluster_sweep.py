@@ -183,7 +183,8 @@ def exp_ref(commit: str, name: str) -> str:
 def _die_with_parent() -> None:
     # Linux's parent-death signal: if the worker is killed (kill -9), its dvc goes too and
     # can never push a half-finished experiment after the task was handed to another worker.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if sys.platform == "linux":  # elsewhere (macOS) there is no such signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _git(cwd: Path | None, *args: str, env: dict | None = None) -> str:
@@ -480,7 +481,9 @@ def _markdown(header: list[str], rows: list[list]) -> str:
 
 def default_workers() -> int:
     """One worker per core this process may use (the CPU affinity, as a container sets it)."""
-    return len(os.sched_getaffinity(0))
+    if hasattr(os, "sched_getaffinity"):  # Linux; macOS has no affinity
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -3,6 +3,7 @@ maths: recorded versions rerun exactly the stages they affect, a false record is
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -180,3 +181,36 @@ def test_torch_computes_portably_whichever_is_imported_first(order):
     result = run([sys.executable, "-c", code], ROOT, env=env)
     expected = cpu.portable_settings()["ATEN_CPU_CAPABILITY"]
     assert result.stdout == f"{expected} 1\n"
+
+
+@pytest.mark.slow
+def test_run_sh_repro_records_a_machine_of_another_family_and_runs(built):
+    """A newcomer's `./run.sh repro` on a machine the committed environment.yaml does not
+    describe (a Mac, arm64): it says what differs, records this machine, and DVC reruns."""
+    # This checkout's environment, stamped as run.sh's own: it installs nothing.
+    (built / ".venv/bin").mkdir(parents=True)
+    (built / ".venv/bin/activate").write_text(f". '{ROOT}/.venv/bin/activate'\n")
+    stamp = hashlib.sha256((built / "requirements.lock").read_bytes())
+    stamp.update((built / "pyproject.toml").read_bytes())
+    (built / ".venv/.installed").write_text(f"{stamp.hexdigest()}  -\n")
+    path = built / "environment.yaml"
+    path.write_text(path.read_text().replace('cpu: "x86-64-v3"', 'cpu: "portable on arm64"'))
+    result = run(["./run.sh", "repro"], built, env=subprocess_env(drop=("VIRTUAL_ENV",)))
+    said = [line for line in result.stderr.splitlines() if line.startswith("run.sh: ")]
+    assert said[0].startswith("run.sh: environment.yaml records cpu 'portable on arm64' but")
+    assert said[1].startswith("run.sh: this machine's results will be its own bytes")
+    assert environment.recorded(path) == environment.found()
+    # This machine is the family dvc.lock was made on: recorded so, nothing is out of date.
+    assert "Running stage" not in result.stdout and "test MAE" in result.stdout
+    again = run(["./run.sh", "repro"], built)
+    assert not any(line.startswith("run.sh: this machine") for line in again.stderr.splitlines())
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "arm64"])
+def test_a_cpu_that_is_not_x86_is_its_own_family_and_says_so(monkeypatch, caplog, machine):
+    monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    assert cpu.family() == f"portable on {machine} (not x86-64: its own bytes)"
+    cpu.use("portable")
+    (said,) = [r.getMessage() for r in caplog.records if "family" in r.getMessage()]
+    assert "is not x86-64: its bytes are its own" in said and "AVX2" not in said

@@ -3,8 +3,10 @@ point pip at a wheel or an index, exit status 2, and no half-made environment ma
 Runs in a copy of the three files the set-up reads (it replaces .venv in its own folder)."""
 
 import os
+import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +38,52 @@ def test_torch_nowhere_is_one_line_naming_both_remedies(setup_copy):
     assert lines[-1].startswith("run.sh: error: cannot install torch==")
     assert "PIP_FIND_LINKS=" in lines[-1] and "TORCH_INDEX_URL=" in lines[-1]
     assert not (setup_copy / ".venv/.installed").exists()
+
+
+# What a Mac's base system has (bash 3.2, BSD grep): run.sh must need nothing more.
+MAC_TOOLS = ("bash", "env", "cat", "grep", "rm", "dirname")
+GNU_ONLY = ("sha256sum", "readlink -f", "sed -i ", "date -d", "timeout ", "grep -P", "stat -c")
+
+
+def gnu_only(script: str) -> list[str]:
+    """The GNU-only commands (or options) a shell script runs; its comments do not count."""
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
+    return [t for t in GNU_ONLY if re.search(rf"(?<![-\w]){re.escape(t)}", code)]
+
+
+def test_run_sh_uses_no_gnu_only_tool():
+    assert gnu_only("# no sha256sum here\npip --timeout 15 x\n") == []
+    assert gnu_only("want=$(sha256sum f)\n") == ["sha256sum"]
+    assert gnu_only("timeout 5 cmd\n") == ["timeout "]
+    assert gnu_only((ROOT / "run.sh").read_text()) == []
+
+
+@pytest.mark.slow
+def test_on_a_mac_run_sh_asks_for_pypis_torch_with_a_macs_tools_alone(setup_copy, tmp_path):
+    """`uname -s` says Darwin: torch is the plain version (PyPI's macOS build is the CPU one),
+    and the set-up runs with the tools a Mac has (any other would be 'command not found')."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in MAC_TOOLS:
+        (tools / name).symlink_to(shutil.which(name))
+    (tools / "python3").symlink_to(sys.executable)
+    (tools / "uname").write_text("#!/bin/sh\necho Darwin\n")
+    (tools / "uname").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "TORCH_"))}
+    env |= {
+        "PATH": str(tools),
+        "HOME": str(setup_copy),
+        "PIP_CONFIG_FILE": "/dev/null",
+        "PIP_FIND_LINKS": "",
+        "TORCH_INDEX_URL": "",  # nowhere: nothing is downloaded
+    }
+    result = subprocess.run(
+        ["bash", "run.sh", "setup"], cwd=setup_copy, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "command not found" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    torch = next(line for line in lines if line.startswith("run.sh: 1/3 "))
+    assert torch == "run.sh: 1/3 torch==2.13.0 (the largest)"
+    assert lines[-1].startswith("run.sh: error: cannot install torch==2.13.0: ")

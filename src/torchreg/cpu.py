@@ -94,10 +94,17 @@ def use(mode: str) -> None:
     os.environ.update(portable_settings())
     if "torch" in sys.modules:  # its thread pool was sized at import
         sys.modules["torch"].set_num_threads(1)
-    if family() != "x86-64-v3":
+    if family() == "x86-64 baseline":
         log.warning(
             "this CPU (%s) has no AVX2/FMA: its bytes are those of the %s family, which differ "
             "from those of CPUs with AVX2/FMA (compute.cpu = portable)",
+            cpu_name(),
+            family(),
+        )
+    elif family() != "x86-64-v3":
+        log.warning(
+            "this CPU (%s) is not x86-64: its bytes are its own (family %r), not those of "
+            "x86-64 CPUs (compute.cpu = portable)",
             cpu_name(),
             family(),
         )
