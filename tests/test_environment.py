@@ -194,10 +194,10 @@ def test_run_sh_repro_records_a_machine_of_another_family_and_runs(built):
     stamp.update((built / "pyproject.toml").read_bytes())
     (built / ".venv/.installed").write_text(f"{stamp.hexdigest()}  -\n")
     path = built / "environment.yaml"
-    path.write_text(path.read_text().replace('cpu: "x86-64-v3"', 'cpu: "portable on arm64"'))
+    path.write_text(path.read_text().replace('cpu: "x86-64-v3"', 'cpu: "arm64 (Darwin)"'))
     result = run(["./run.sh", "repro"], built, env=subprocess_env(drop=("VIRTUAL_ENV",)))
     said = [line for line in result.stderr.splitlines() if line.startswith("run.sh: ")]
-    assert said[0].startswith("run.sh: environment.yaml records cpu 'portable on arm64' but")
+    assert said[0].startswith("run.sh: environment.yaml records cpu 'arm64 (Darwin)' but")
     assert said[1].startswith("run.sh: this machine's results will be its own bytes")
     assert environment.recorded(path) == environment.found()
     # This machine is the family dvc.lock was made on: recorded so, nothing is out of date.
@@ -206,11 +206,23 @@ def test_run_sh_repro_records_a_machine_of_another_family_and_runs(built):
     assert not any(line.startswith("run.sh: this machine") for line in again.stderr.splitlines())
 
 
-@pytest.mark.parametrize("machine", ["aarch64", "arm64"])
-def test_a_cpu_that_is_not_x86_is_its_own_family_and_says_so(monkeypatch, caplog, machine):
+@pytest.mark.parametrize(
+    "machine,system,name",
+    [
+        ("aarch64", "Linux", "arm64 (Linux)"),
+        ("arm64", "Darwin", "arm64 (Darwin)"),  # a Mac: another compiler's torch
+        ("riscv64", "Linux", "portable on riscv64 (not x86-64: its own bytes)"),
+    ],
+)
+def test_a_cpu_that_is_not_x86_is_a_family_of_its_own_and_says_so(
+    monkeypatch, caplog, machine, system, name
+):
     monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+    monkeypatch.setattr(cpu.platform, "system", lambda: system)
     monkeypatch.setattr(os, "environ", dict(os.environ))
-    assert cpu.family() == f"portable on {machine} (not x86-64: its own bytes)"
+    assert cpu.family() == name
+    assert cpu.portable_settings()["ATEN_CPU_CAPABILITY"] == "default"  # NEON, not SVE
     cpu.use("portable")
     (said,) = [r.getMessage() for r in caplog.records if "family" in r.getMessage()]
-    assert "is not x86-64: its bytes are its own" in said and "AVX2" not in said
+    assert f"is not x86-64: its bytes are those of the {name} family" in said
+    assert "AVX2" not in said

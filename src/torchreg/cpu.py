@@ -48,10 +48,18 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(names.get(k, k.lower()) for k, on in __cpu_features__.items() if on)
 
 
+ARM64 = ("aarch64", "arm64")  # platform.machine() on Linux, on macOS
+
+
 def family() -> str:
-    """The family of CPUs that give the same bytes as this one in the portable mode."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return f"portable on {platform.machine()} (not x86-64: its own bytes)"
+    """The family of CPUs that give the same bytes as this one in the portable mode: the
+    x86-64-v3 one, the x86-64 baseline, arm64 per operating system (macOS builds torch with
+    another compiler: not known to agree with Linux), or another architecture on its own."""
+    machine = platform.machine()
+    if machine in ARM64:
+        return f"arm64 ({platform.system()})"
+    if machine not in ("x86_64", "AMD64"):
+        return f"portable on {machine} (not x86-64: its own bytes)"
     return "x86-64-v3" if cpu_flags() >= V3_FLAGS else "x86-64 baseline"
 
 
@@ -66,7 +74,8 @@ def cpu_name() -> str:
 
 
 def portable_settings() -> dict[str, str]:
-    """The environment that pins torch's kernels for the portable mode on this CPU."""
+    """The environment that pins torch's kernels for the portable mode on this CPU (on arm64
+    `default` is ATen's NEON code, which every arm64 CPU runs, where SVE ones would differ)."""
     v3 = family() == "x86-64-v3"
     return {
         "MKL_CBWR": "COMPATIBLE",
@@ -103,7 +112,7 @@ def use(mode: str) -> None:
         )
     elif family() != "x86-64-v3":
         log.warning(
-            "this CPU (%s) is not x86-64: its bytes are its own (family %r), not those of "
+            "this CPU (%s) is not x86-64: its bytes are those of the %s family, not those of "
             "x86-64 CPUs (compute.cpu = portable)",
             cpu_name(),
             family(),

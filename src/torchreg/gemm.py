@@ -1,4 +1,5 @@
-"""Matrix products with the same bits on every x86-64-v3 CPU, at AVX2/FMA speed.
+"""Matrix products with the same bits on every CPU of a family: x86-64-v3 at AVX2/FMA speed,
+and arm64 (where torch's own products differ from one CPU model to the next).
 
 MKL's only vendor-neutral code path (`MKL_CBWR=COMPATIBLE`) is its slowest: about 7x the time of
 its native path on all cores for a wide product. OpenBLAS's Haswell kernels run on every CPU
@@ -11,8 +12,9 @@ FMA rounds exactly, so they give the same bits everywhere, provided that
 
 The library is the scipy-openblas32 package (the OpenBLAS build NumPy and SciPy ship), loaded
 here privately, so NumPy's own copy and its settings are left alone. `mm` is the product; it is
-available only on the x86-64-v3 family (the Haswell kernels would stop a CPU without AVX2 with
-an illegal instruction).
+available on the x86-64-v3 family (the Haswell kernels would stop a CPU without AVX2 with an
+illegal instruction) and on arm64, with OpenBLAS's ARMV8 kernels (the same reasoning: NEON and
+its FMA are in every arm64 CPU, and OpenBLAS would otherwise pick kernels by the CPU's part).
 """
 
 from __future__ import annotations
@@ -28,16 +30,19 @@ import torch
 from torchreg import cpu
 from torchreg.errors import UserError
 
-KERNELS = "Haswell"
+# The kernels by name, per family: the same instructions on every CPU of it (Haswell: AVX2 and
+# FMA; ARMV8: the NEON code every arm64 CPU runs, where OpenBLAS would pick by the CPU's part).
+FAMILY_KERNELS = {"x86-64-v3": "Haswell", "arm64 (Linux)": "ARMV8", "arm64 (Darwin)": "ARMV8"}
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _INT_MAX = 2**31 - 1  # scipy-openblas32 takes 32-bit sizes
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    """The private OpenBLAS with the Haswell kernels and one thread; None on a CPU without
-    AVX2/FMA, whose family computes its products with torch."""
-    if cpu.family() != "x86-64-v3":
+    """The private OpenBLAS with its family's kernels and one thread; None on a family
+    without (x86-64 without AVX2/FMA), which computes its products with torch."""
+    kernels = FAMILY_KERNELS.get(cpu.family())
+    if kernels is None:
         return None
     spec = importlib.util.find_spec("scipy_openblas32")
     paths = [] if spec is None else spec.submodule_search_locations or []
@@ -48,7 +53,7 @@ def _library() -> ctypes.CDLL | None:
             "for its matrix products; install what requirements.lock pins (./run.sh setup)"
         )
     saved = {key: os.environ.get(key) for key in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS")}
-    os.environ.update(OPENBLAS_CORETYPE=KERNELS, OPENBLAS_NUM_THREADS="1")
+    os.environ.update(OPENBLAS_CORETYPE=kernels, OPENBLAS_NUM_THREADS="1")
     try:
         lib = ctypes.CDLL(str(found[0]), mode=ctypes.RTLD_LOCAL)
     finally:
@@ -58,11 +63,11 @@ def _library() -> ctypes.CDLL | None:
             else:
                 os.environ[key] = value
     lib.scipy_openblas_get_corename.restype = ctypes.c_char_p
-    kernels = lib.scipy_openblas_get_corename().decode()
-    if kernels != KERNELS:  # loaded before, by other code, which let OpenBLAS pick by the CPU
+    got = lib.scipy_openblas_get_corename().decode()
+    if got.lower() != kernels.lower():  # loaded before, by code that let OpenBLAS pick
         raise UserError(
-            f"{found[0].name} was loaded before torchreg.gemm, with its {kernels} kernels: the "
-            f"portable mode needs the {KERNELS} ones (call torchreg.gemm.available() before "
+            f"{found[0].name} was loaded before torchreg.gemm, with its {got} kernels: the "
+            f"portable mode needs the {kernels} ones (call torchreg.gemm.available() before "
             "anything else loads scipy-openblas32, or use compute.cpu: native)"
         )
     lib.scipy_openblas_set_num_threads(1)  # also where it was loaded before, with more
@@ -107,7 +112,7 @@ def _check(name: str, t: torch.Tensor) -> None:
 def mm(
     a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None, accumulate: bool = False
 ) -> torch.Tensor:
-    """a @ b for float32 CPU matrices, by the Haswell kernels on one thread; into `out` when
+    """a @ b for float32 CPU matrices, by the family's kernels on one thread; into `out` when
     given, as torch.mm(a, b, out=out), or added to it with `accumulate` (out.addmm_(a, b)).
     `out`'s rows must be contiguous and apart (stride (>= n, 1)).
 
@@ -117,7 +122,7 @@ def mm(
     """
     lib = _library()
     if lib is None:
-        raise ValueError("gemm.mm: the Haswell kernels need an AVX2/FMA CPU (gemm.available())")
+        raise ValueError("gemm.mm: no fixed kernels for this CPU's family (gemm.available())")
     _check("a", a)
     _check("b", b)
     (m, k), n = a.shape, b.size(1)

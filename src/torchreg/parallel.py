@@ -38,6 +38,9 @@ MIN_BLOCKED_WORK = 2**26
 # Multiply-adds of a layer's product from which OpenBLAS's Haswell kernels beat MKL's portable
 # path once the cost of calling them is counted (measured: about even at 2**21).
 MIN_GEMM_WORK = 2**21
+# Families whose every float32 layer goes through torchreg.gemm, however small: torch's own
+# product there picks its kernels by the CPU model (x86-64's MKL has one vendor-neutral path).
+ARM64_FAMILIES = ("arm64 (Linux)", "arm64 (Darwin)")
 # Threads that compute the blocks: one per core this process may use (the bits do not depend
 # on it).
 THREADS = usable_cpus()
@@ -140,8 +143,12 @@ class Linear(nn.Linear):
             and self.bias is not None
             and x.dtype == self.weight.dtype == self.bias.dtype
         ):
-            # The size first: a small layer never loads the OpenBLAS library.
+            # The size first: a small layer never loads the OpenBLAS library (on x86-64).
             work = x.numel() * self.out_features
-            if work >= MIN_BLOCKED_WORK or (work >= MIN_GEMM_WORK and _mm(x) is gemm.mm):
+            if (
+                work >= MIN_BLOCKED_WORK
+                or (work >= MIN_GEMM_WORK and _mm(x) is gemm.mm)
+                or (cpu.family() in ARM64_FAMILIES and _mm(x) is gemm.mm)
+            ):
                 return _LinearFunction.apply(x, self.weight, self.bias)
         return super().forward(x)
