@@ -211,3 +211,14 @@ def test_without_fixed_kernels_for_the_family_it_says_so(monkeypatch):
     assert not gemm.available()
     with pytest.raises(ValueError, match=r"^gemm.mm: no fixed kernels for this CPU's family"):
         gemm.mm(torch.ones(2, 2), torch.ones(2, 2))
+
+
+def test_a_mac_keeps_torchs_products(monkeypatch):
+    """macOS's scipy-openblas32 build is not known to take kernels by name: the Mac family is
+    left to torch rather than stopped by a kernel check."""
+    monkeypatch.setattr(cpu, "family", lambda: "arm64 (Darwin)")
+    gemm._library.cache_clear()
+    try:
+        assert gemm._library() is None and not gemm.available()
+    finally:
+        gemm._library.cache_clear()

@@ -32,7 +32,8 @@ from torchreg.errors import UserError
 
 # The kernels by name, per family: the same instructions on every CPU of it (Haswell: AVX2 and
 # FMA; ARMV8: the NEON code every arm64 CPU runs, where OpenBLAS would pick by the CPU's part).
-FAMILY_KERNELS = {"x86-64-v3": "Haswell", "arm64 (Linux)": "ARMV8", "arm64 (Darwin)": "ARMV8"}
+# macOS is left to torch: its scipy-openblas32 build is not known to take kernels by name.
+FAMILY_KERNELS = {"x86-64-v3": "Haswell", "arm64 (Linux)": "ARMV8"}
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _INT_MAX = 2**31 - 1  # scipy-openblas32 takes 32-bit sizes
 

@@ -40,7 +40,7 @@ MIN_BLOCKED_WORK = 2**26
 MIN_GEMM_WORK = 2**21
 # Families whose every float32 layer goes through torchreg.gemm, however small: torch's own
 # product there picks its kernels by the CPU model (x86-64's MKL has one vendor-neutral path).
-ARM64_FAMILIES = ("arm64 (Linux)", "arm64 (Darwin)")
+ARM64_FAMILIES = ("arm64 (Linux)",)
 # Threads that compute the blocks: one per core this process may use (the bits do not depend
 # on it).
 THREADS = usable_cpus()
