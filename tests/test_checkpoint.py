@@ -527,18 +527,63 @@ def test_the_lock_goes_at_the_end_and_an_empty_folder_with_it(params, data, tmp_
     from torchreg.checkpoint import held
 
     rows, path = data
-    folder = tmp_path / "checkpoints"
-    folder.mkdir()  # an earlier run's empty folder: not left behind either
+    folder = tmp_path / "checkpoints"  # made by the run: not left behind
     with held(folder / "train.ckpt"):
         saving = checkpoints(folder / "train.ckpt", params, path)
         saving.save({"x": torch.zeros(1)}, 1)
-        assert (folder / "train.ckpt.lock").read_text() == f"{os.getpid()}\n"
+        assert (folder / ".train.ckpt.lock").read_text() == f"{os.getpid()}\n"
         saving.remove()
     assert not folder.exists()
     (folder / "mine").mkdir(parents=True)
     with held(folder / "train.ckpt"):
         pass
     assert [p.name for p in folder.iterdir()] == ["mine"]  # someone's files: kept
+    empty = tmp_path / "my-empty-folder"
+    empty.mkdir()
+    with held(empty / "x.ckpt"):
+        pass
+    assert empty.is_dir()  # a user's folder the run did not make: kept, even empty
+
+
+def test_the_project_folder_goes_when_empty(tmp_path, monkeypatch):
+    from torchreg.checkpoint import DEFAULT_PATH, held
+
+    monkeypatch.chdir(tmp_path)
+    DEFAULT_PATH.parent.mkdir()  # left by an earlier run
+    with held(DEFAULT_PATH):
+        pass
+    assert not DEFAULT_PATH.parent.exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "link", "dangling-link", "fifo", "someones-file"])
+def test_a_lock_path_that_is_something_else_is_refused_untouched(tmp_path, kind):
+    from torchreg.checkpoint import held, lock_path
+
+    path = tmp_path / "checkpoints" / "train.ckpt"
+    lock = lock_path(path)
+    lock.parent.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    if kind == "folder":
+        lock.mkdir()
+    elif kind == "link":
+        lock.symlink_to(victim)
+    elif kind == "dangling-link":
+        lock.symlink_to(tmp_path / "nowhere" / "x")
+    elif kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.write_text("my notes\n")
+    started = time.monotonic()
+    with pytest.raises(UserError) as e, held(path, wait_s=5):
+        pass
+    assert time.monotonic() - started < 2  # refused, not waited on (nor spun on)
+    assert str(e.value) == (
+        f"{lock}, the lock that keeps two train runs off one checkpoint, exists and is not one "
+        "of this project's lock files: remove it, or choose another --checkpoint"
+    )
+    assert victim.read_text() == "precious" and not (tmp_path / "nowhere").exists()
+    assert lock.is_symlink() or lock.exists()  # left as it was
 
 
 def test_two_runs_never_share_a_checkpoint(tmp_path, caplog):

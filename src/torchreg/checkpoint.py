@@ -23,6 +23,7 @@ import io
 import logging
 import os
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -272,22 +273,25 @@ LOCK_WAIT_S = 30.0
 @contextlib.contextmanager
 def held(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """The checkpoint `path` for this run alone, while the block runs: two trainers never
-    share one. The lock is an flock on `<path>.lock` (the kernel drops it when its holder
-    dies, even on kill -9), which holds the holder's pid for the message; another holder is
-    waited for up to `wait_s`, then refused. At the end the lock file goes, and the folder
-    with it when nothing else is left there."""
-    lock = path.with_name(path.name + ".lock")
+    share one. The lock is an flock on `lock_path(path)` (the kernel drops it when its holder
+    dies, even on kill -9), a file that holds the holder's pid and nothing else; another
+    holder is waited for up to `wait_s`, then refused. Anything else at that path (a folder, a
+    link, a file of someone's) is refused, never followed or overwritten. At the end the lock
+    file goes, and the folder with it when this run made it, or it is the project's own
+    `checkpoints/`, and nothing else is left there."""
+    lock = lock_path(path)
+    made_folder = not path.parent.exists()
+    make_folder(lock)
     deadline, said = time.monotonic() + wait_s, False
     while True:
-        make_folder(lock)
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except FileNotFoundError:  # the last holder removed the folder just now
+        fd = _open_lock(lock)
+        if fd is None:  # the last holder removed it (and maybe the folder) just now
+            make_folder(lock)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            holder = _holder(fd)
             os.close(fd)
             if time.monotonic() >= deadline:
                 raise UserError(
@@ -309,15 +313,49 @@ def held(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)
         os.close(fd)
-        with contextlib.suppress(OSError):  # not empty: a checkpoint kept, or someone's files
-            path.parent.rmdir()
+        if made_folder or path.parent == DEFAULT_PATH.parent:
+            with contextlib.suppress(OSError):  # not empty: a checkpoint kept, or other files
+                path.parent.rmdir()
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
+def _open_lock(lock: Path) -> int | None:
+    """The lock file, opened (created if absent); None if it vanished while opening. Refused:
+    a link (never followed), anything but a regular file, or one that holds more than a pid."""
+    what = (
+        f"{lock}, the lock that keeps two train runs off one checkpoint, exists and is not "
+        "one of this project's lock files"
+    )
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if lock.is_symlink() or (lock.exists() and not lock.is_file()):
+            raise UserError(f"{what}: remove it, or choose another --checkpoint") from None
+        raise UserError(f"cannot open {lock}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode) or _holder(fd, strict=True) is None:
+        os.close(fd)
+        raise UserError(f"{what}: remove it, or choose another --checkpoint")
+    return fd
 
 
 def _same_inode(fd: int, path: Path) -> bool:
     try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
+        return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
     except FileNotFoundError:
         return False
+
+
+def _holder(fd: int, strict: bool = False) -> str | None:
+    """The pid a lock file holds ("?" while empty); with `strict`, None for any other content."""
+    text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+    if text.isdigit() or not text:
+        return text or "?"
+    return None if strict else "?"
 
 
 def max_checkpoint_bytes(n_weights: int, epochs: int) -> int:
