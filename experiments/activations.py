@@ -249,7 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     recorded = args.out_dir / "activations.json"
     if args.redraw:
-        print(write(json.loads(recorded.read_text()), args.out_dir, args.page))
+        try:
+            print(write(json.loads(recorded.read_text()), args.out_dir, args.page))
+        except (OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            into = args.page or args.out_dir
+            print(
+                f"activations: error: cannot redraw from {recorded} into {into}: {why} "
+                "(run the lesson first, without --redraw)",
+                file=sys.stderr,
+            )
+            return 2
         return 0
 
     repo = Path.cwd()

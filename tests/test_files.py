@@ -663,6 +663,18 @@ def test_a_stage_ends_with_the_dvc_that_started_it(tmp_path, dvc_started):
             os.kill(pid, signal.SIGKILL)
 
 
+def test_no_output_is_put_in_place_once_dvc_is_gone(tmp_path, monkeypatch):
+    from torchreg import stage
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    monkeypatch.setattr(stage.ORPHANED, "is_set", lambda: True)
+    with pytest.raises(UserError) as e, files.atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert str(e.value) == f"not writing {target}: the dvc process that ran this stage is gone"
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
 @pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf"])
 def test_a_peer_timeout_that_is_no_number_of_seconds_is_one_line(monkeypatch, value):
     from torchreg.context import dist_timeout_s

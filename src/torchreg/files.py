@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from torchreg.errors import DataError, UserError
+from torchreg.stage import ORPHANED
 
 # Every temporary file this project writes is `.<output name>.<random>.torchreg.tmp` beside
 # its output: hidden, ignored by git and DVC (.gitignore, .dvcignore), recognisably ours (a
@@ -69,6 +70,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         yield tmp
+        if ORPHANED.is_set():  # DVC is gone: it would not record this output
+            raise UserError(f"not writing {path}: the dvc process that ran this stage is gone")
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

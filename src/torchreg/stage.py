@@ -65,6 +65,11 @@ def _say_interrupted(stage: str, signum: int) -> None:
         print(f"{stage}: {name}; no output was written", file=sys.stderr)
 
 
+# Set once the dvc process that started this stage is gone (see stop_with_dvc).
+ORPHANED = threading.Event()
+ORPHAN_GRACE_S = 10.0  # from SIGTERM to SIGKILL, for a stage stuck in a long C call
+
+
 def stop_with_dvc() -> None:
     """A stage that DVC started ends when that dvc process ends, however it ends: a kill -9 of
     `dvc repro` must not leave a trainer behind, writing outputs and checkpoints while the next
@@ -79,7 +84,11 @@ def stop_with_dvc() -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
+        ORPHANED.set()  # from now on no output is put in place (files.atomic_path)
         os.kill(os.getpid(), signal.SIGTERM)
+        # A long numpy or torch call delays Python's handler: end it all the same.
+        time.sleep(ORPHAN_GRACE_S)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="stop-with-dvc", daemon=True).start()
 
