@@ -281,8 +281,9 @@ def main(argv: list[str] | None = None) -> None:
         cells = f"{native:.3g} | {pinned:.3g}"
         if "GFLOP/s" in key:
             cells = (
-                f"{native:.3g} ({native / peak_gflops(cpu, cpu['widest']):.0%} of peak) | "
-                f"{pinned:.3g} ({pinned / peak_gflops(cpu, 8):.0%} of AVX2 peak)"
+                f"{native:.3g} ({native / peak_gflops(cpu, cpu['widest']):.2f}x one "
+                f"{cpu['widest']}-lane FMA a cycle) | "
+                f"{pinned:.3g} ({pinned / peak_gflops(cpu, 8):.2f}x one 8-lane FMA a cycle)"
             )
         print(
             f"| {key} | {cells} | {ratio(key, native, pinned):.2f}x | "
