@@ -145,10 +145,7 @@ class Linear(nn.Linear):
         ):
             # The size first: a small layer never loads the OpenBLAS library (on x86-64).
             work = x.numel() * self.out_features
-            if (
-                work >= MIN_BLOCKED_WORK
-                or (work >= MIN_GEMM_WORK and _mm(x) is gemm.mm)
-                or (cpu.family() in ARM64_FAMILIES and _mm(x) is gemm.mm)
-            ):
+            min_gemm_work = 0 if cpu.family() in ARM64_FAMILIES else MIN_GEMM_WORK
+            if work >= MIN_BLOCKED_WORK or (work >= min_gemm_work and _mm(x) is gemm.mm):
                 return _LinearFunction.apply(x, self.weight, self.bias)
         return super().forward(x)
