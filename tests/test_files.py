@@ -10,6 +10,7 @@ import fcntl
 import io
 import locale
 import os
+import shlex
 import signal
 import socket
 import stat
@@ -627,31 +628,35 @@ def wait_for_text(path: Path, text: str, timeout: float = 20.0) -> str:
     return found
 
 
-@pytest.mark.parametrize("dvc_started", [True, False], ids=["under-dvc", "by-hand"])
-def test_a_stage_ends_with_the_dvc_that_started_it(tmp_path, dvc_started):
-    """kill -9 of `dvc repro` leaves no trainer behind (DVC sets DVC_STAGE for the stages it
-    runs); a stage started by hand outlives its parent, as `nohup` expects."""
+@pytest.mark.parametrize("how", ["by-dvc", "by-dvc-through-a-shell", "by-hand"])
+def test_a_stage_ends_with_the_dvc_that_started_it(tmp_path, how):
+    """kill -9 of `dvc repro` leaves no trainer behind, whether the shell DVC runs the command
+    in execs it (bash) or waits for it (dash, DVC's /bin/sh where SHELL is unset); a stage
+    started by hand outlives its parent, as `nohup` expects."""
     log = tmp_path / "stage.log"
     log.touch()
-    stage = (
+    stage = [
+        sys.executable,
+        "-c",
         "import sys, time\nfrom torchreg.stage import run_main\n"
-        "run_main('train', lambda: (print('up', file=sys.stderr, flush=True), time.sleep(60)))"
-    )
-    dvc = (  # stands for dvc: starts the stage, says its pid, waits
-        "import subprocess, sys\n"
-        f"p = subprocess.Popen([sys.executable, '-c', {stage!r}], stderr=open({str(log)!r}, 'w'))\n"
+        "run_main('train', lambda: (print('up', file=sys.stderr, flush=True), time.sleep(60)))",
+    ]
+    if how == "by-dvc-through-a-shell":  # a shell that stays: the command is not its last
+        stage = ["/bin/sh", "-c", f"{shlex.join(stage)}; exit $?"]
+    dvc_env = "" if how == "by-hand" else ", env={**os.environ, 'DVC_STAGE': 'train'}"
+    dvc = (  # stands for dvc: starts the stage as DVC does, says its pid, waits
+        "import os, subprocess, sys\n"
+        f"p = subprocess.Popen({stage!r}, stderr=open({str(log)!r}, 'w'){dvc_env})\n"
         "print(p.pid, flush=True)\np.wait()"
     )
     env = {k: v for k, v in os.environ.items() if k != "DVC_STAGE"}
-    if dvc_started:
-        env["DVC_STAGE"] = "train"
     parent = subprocess.Popen([sys.executable, "-c", dvc], stdout=subprocess.PIPE, env=env)
     pid = int(parent.stdout.readline())
     try:
         assert wait_for_text(log, "up\n") == "up\n"
         parent.kill()
         parent.wait()
-        if dvc_started:
+        if how != "by-hand":
             said = "train: terminated (SIGTERM); no output was written\n"
             assert wait_for_text(log, said) == "up\n" + said
         else:

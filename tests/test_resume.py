@@ -206,7 +206,10 @@ def test_a_dvc_killed_alone_leaves_no_trainer_behind(built, tmp_path):
     run(["git", "clone", "-q", str(built), str(repo)], tmp_path)
     set_params(repo, train__epochs=100_000, train__checkpoint_every_s=0)
     dvc = subprocess.Popen(
-        ["dvc", "repro", "train"], cwd=repo, env=subprocess_env(), stdout=subprocess.DEVNULL,
+        # Without SHELL, DVC runs the command in /bin/sh, which (dash) waits for it: the stage
+        # is dvc's grandchild, not its child.
+        ["dvc", "repro", "train"], cwd=repo, env=subprocess_env(drop=("SHELL",)),
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120

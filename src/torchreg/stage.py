@@ -73,16 +73,17 @@ ORPHAN_GRACE_S = 10.0  # from SIGTERM to SIGKILL, for a stage stuck in a long C 
 def stop_with_dvc() -> None:
     """A stage that DVC started ends when that dvc process ends, however it ends: a kill -9 of
     `dvc repro` must not leave a trainer behind, writing outputs and checkpoints while the next
-    `dvc repro` runs its own. A thread looks at the parent twice a second; once it is gone,
-    the stage gets SIGTERM, as from `kill` (its one line; a checkpoint saved is kept). Started
-    by hand (no DVC_STAGE in the environment, which DVC sets), a stage outlives its shell as
-    any program does (`nohup`)."""
+    `dvc repro` runs its own. A thread looks twice a second at the processes between this one
+    and dvc (the shell DVC runs the command in, a launcher); once one of them is gone, the stage
+    gets SIGTERM, as from `kill` (its one line; a checkpoint saved is kept). Started by hand (no
+    DVC_STAGE in the environment, which DVC sets), a stage outlives its shell as any program does
+    (`nohup`)."""
     if "DVC_STAGE" not in os.environ:
         return
-    parent = os.getppid()
+    chain = _up_to_dvc()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while _intact(chain):
             time.sleep(0.5)
         ORPHANED.set()  # from now on no output is put in place (files.atomic_path)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -91,6 +92,35 @@ def stop_with_dvc() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="stop-with-dvc", daemon=True).start()
+
+
+def _up_to_dvc() -> list:
+    """This process's ancestors, nearest first, up to the dvc process that ran the stage: the
+    first one started without DVC_STAGE (DVC sets it for the stage's command only, so the shell
+    that runs the command has it, and so does a launcher)."""
+    import psutil
+
+    chain = [psutil.Process().parent()]
+    while chain[-1] is not None:
+        try:
+            if "DVC_STAGE" not in chain[-1].environ():
+                break
+            chain.append(chain[-1].parent())
+        except psutil.Error:  # gone, or not ours to read: count it as dvc
+            break
+    return [p for p in chain if p is not None]
+
+
+def _intact(chain: list) -> bool:
+    """Whether each process of `chain` is still the child of the next. A process that dies
+    hands its children to another parent at once, before anyone reaps it."""
+    import psutil
+
+    try:
+        links = zip([os.getpid(), *(p.pid for p in chain)], chain, strict=False)
+        return bool(chain) and all(psutil.Process(a).ppid() == b.pid for a, b in links)
+    except psutil.Error:
+        return False
 
 
 def run_main(stage: str, body: Callable[[], object]) -> None:
