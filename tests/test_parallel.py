@@ -7,6 +7,7 @@ import hashlib
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -192,3 +193,84 @@ def test_the_bytes_are_the_recorded_ones(monkeypatch, rows):
     for t in (out, x.grad, layer.weight.grad, layer.bias.grad):
         digest.update(t.detach().numpy().tobytes())
     assert digest.hexdigest() == RECORDED[rows]
+
+
+def use_pool(monkeypatch, threads: int) -> None:
+    pool = ThreadPoolExecutor(threads)
+    monkeypatch.setattr(parallel, "_pool", lambda: pool)
+    monkeypatch.setattr(parallel, "THREADS", threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    "count",
+    [0, 1, 2 * parallel.GATHER_ROWS - 1, 2 * parallel.GATHER_ROWS, 5 * parallel.GATHER_ROWS + 3],
+)
+def test_take_is_rows_at_index_on_any_number_of_threads(monkeypatch, threads, count):
+    use_pool(monkeypatch, threads)
+    cpu.use("portable")
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(7 * parallel.GATHER_ROWS, 5, generator=g)
+    index = torch.randint(len(rows), (count,), generator=g)
+    got = parallel.take(rows, index)
+    assert got.shape == (count, 5) and torch.equal(got, rows[index])
+
+
+def test_a_large_take_runs_on_every_thread(monkeypatch):
+    use_pool(monkeypatch, 2)
+    cpu.use("portable")
+    names, plain = set(), torch.index_select
+
+    def noted(*args, **kw):
+        names.add(threading.current_thread().name)
+        return plain(*args, **kw)
+
+    monkeypatch.setattr(torch, "index_select", noted)
+    rows = torch.arange(40_000.0).reshape(-1, 2)
+    parallel.take(rows, torch.arange(len(rows)).flip(0))
+    assert len(names) == 2
+
+
+@pytest.mark.parametrize("mode", ["portable", "native"])
+def test_ordered_map_yields_in_order_with_at_most_ahead_running(monkeypatch, mode):
+    """Later items finish first (they sleep less), yet the results come in the items' order;
+    no more than `ahead` run at once, on the pool in the portable mode."""
+    use_pool(monkeypatch, 3)
+    cpu.use(mode)
+    lock, running, most, threads = threading.Lock(), [0], [0], set()
+
+    def slow(i: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            threads.add(threading.current_thread().name)
+        time.sleep(0.02 * (8 - i))
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    try:
+        assert list(parallel.ordered_map(slow, range(8), ahead=2)) == [i * i for i in range(8)]
+    finally:
+        cpu.use("portable")
+    if mode == "portable":
+        assert most[0] == 2 and threading.main_thread().name not in threads
+    else:
+        assert most[0] == 1 and threads == {threading.current_thread().name}
+
+
+def test_ordered_map_raises_the_first_error_in_order_and_keeps_the_callers_modes(monkeypatch):
+    use_pool(monkeypatch, 3)
+    cpu.use("portable")
+
+    def check(i: int) -> bool:
+        if i in (3, 5):
+            time.sleep(0.1 if i == 3 else 0)  # 5 fails first in time, 3 first in order
+            raise ValueError(f"item {i}")
+        return torch.is_inference_mode_enabled()
+
+    with torch.inference_mode(), pytest.raises(ValueError, match="item 3"):
+        got = []
+        for value in parallel.ordered_map(check, range(8)):
+            got.append(value)
+    assert got == [True, True, True]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+from torchreg import parallel
 from torchreg.config import DataConfig, noise_floor_mae
 from torchreg.data import CHUNK_ROWS, DataFile, as_rows, true_function
 from torchreg.errors import DataError
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CURVE_POINTS = 61
 SAMPLE_ROWS = 1000  # rows of the test set written for the scatter plots
+T = TypeVar("T")
 
 
 @torch.inference_mode()
@@ -38,16 +41,37 @@ def chunks(rows: Rows) -> Iterator[torch.Tensor]:
     yield from (torch.from_numpy(block) for block in as_rows(rows).blocks())
 
 
+# Chunks read and computed at once in the portable mode (parallel.ordered_map), as long as
+# they hold at most this many bytes together: a wide table's chunks go one at a time.
+AHEAD_BYTES = 64 << 20
+
+
+def per_chunk(fn: Callable[[torch.Tensor], T], rows: Rows) -> Iterator[T]:
+    """fn(chunk) for every chunk of rows, in the chunks' order (see chunks), on every core in
+    the portable mode: the caller adds the results up in that order, whatever the threads."""
+    data = as_rows(rows)
+    size = data.chunk_rows
+    ahead = AHEAD_BYTES // (size * data.columns * 4)
+
+    def at(start: int) -> T:
+        return fn(torch.from_numpy(data.read(start, start + size)))
+
+    return parallel.ordered_map(at, range(0, data.rows, size), ahead)
+
+
 @torch.inference_mode()
 def prediction_errors(model: nn.Module, rows: Rows) -> dict[str, float]:
     """MAE and RMSE of `model` on rows (features, then y), summed in float64."""
-    abs_sum = sq_sum = 0.0
-    n = 0
-    for chunk in chunks(rows):
+
+    def sums(chunk: torch.Tensor) -> tuple[float, float]:
         r = (model(chunk[:, :-1]) - chunk[:, -1]).double()
-        abs_sum += r.abs().sum().item()
-        sq_sum += (r * r).sum().item()
-        n += len(chunk)
+        return r.abs().sum().item(), (r * r).sum().item()
+
+    abs_sum = sq_sum = 0.0
+    for chunk_abs, chunk_sq in per_chunk(sums, rows):
+        abs_sum += chunk_abs
+        sq_sum += chunk_sq
+    n = as_rows(rows).rows
     if not math.isfinite(sq_sum):  # a NaN or infinity in the sum: never a metric to write
         raise DataError(
             f"{as_rows(rows).path}: the model's predictions are not finite (beyond float32): "
@@ -67,11 +91,14 @@ def least_squares(rows: Rows) -> LinearRegression:
     d = as_rows(rows).columns - 1
     gram = torch.zeros(d + 1, d + 1, dtype=torch.float64)
     moment = torch.zeros(d + 1, dtype=torch.float64)
-    for chunk in chunks(rows):
-        chunk = chunk.double()
-        design = torch.cat([chunk[:, :-1], torch.ones(len(chunk), 1, dtype=torch.float64)], 1)
-        gram += design.T @ design
-        moment += design.T @ chunk[:, -1]
+
+    def products(chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        design, y = _design(chunk)
+        return design.T @ design, design.T @ y
+
+    for chunk_gram, chunk_moment in per_chunk(products, rows):
+        gram += chunk_gram
+        moment += chunk_moment
     solution = torch.linalg.lstsq(gram, moment.unsqueeze(1)).solution.squeeze(1)
     reference = LinearRegression(d)
     reference.w.copy_(solution[:d].float())
@@ -112,10 +139,13 @@ def _as_model(solution: torch.Tensor) -> LinearRegression:
 
 
 def _total_loss(rows: Rows, wb: torch.Tensor, loss: str) -> float:
-    total = 0.0
-    for chunk in chunks(rows):
+    def chunk_loss(chunk: torch.Tensor) -> float:
         design, y = _design(chunk)
-        total += LOSSES[loss](design @ wb, y, reduction="sum").item()
+        return LOSSES[loss](design @ wb, y, reduction="sum").item()
+
+    total = 0.0
+    for value in per_chunk(chunk_loss, rows):
+        total += value
     return total
 
 
@@ -123,11 +153,15 @@ def _reweighted(rows: Rows, wb: torch.Tensor, weight: object) -> torch.Tensor:
     """argmin of sum weight(r_i) * r_i^2 with the weights of wb's residuals r: one IRLS step."""
     gram = torch.zeros(len(wb), len(wb), dtype=torch.float64)
     moment = torch.zeros(len(wb), dtype=torch.float64)
-    for chunk in chunks(rows):
+
+    def products(chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         design, y = _design(chunk)
         v = weight((design @ wb - y).abs())
-        gram += design.T @ (design * v[:, None])
-        moment += design.T @ (v * y)
+        return design.T @ (design * v[:, None]), design.T @ (v * y)
+
+    for chunk_gram, chunk_moment in per_chunk(products, rows):
+        gram += chunk_gram
+        moment += chunk_moment
     # gelsd (SVD): the minimum-norm solution when a feature is constant; the default gelsy
     # returns zeros there.
     solution = torch.linalg.lstsq(gram, moment.unsqueeze(1), driver="gelsd").solution

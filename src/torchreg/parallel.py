@@ -10,14 +10,17 @@ one core or sixteen, computes exactly the same blocks the same way. The threads 
 `Linear` is nn.Linear (same parameters, same state dict) whose large products go this way: on
 the x86-64-v3 family float32 products of MIN_GEMM_WORK multiply-adds and more, by OpenBLAS's
 Haswell kernels (torchreg.gemm: about 2.5x MKL's vendor-neutral path on one core, before the
-blocks); elsewhere products of MIN_BLOCKED_WORK and more, by torch.
+blocks); elsewhere products of MIN_BLOCKED_WORK and more, by torch. `take` gathers rows in
+blocks (a copy: any split gives its bytes), and `ordered_map` computes per-chunk results on
+every core for a caller that adds them up in the chunks' order (evaluation's sums).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from typing import TypeVar
 
@@ -33,6 +36,8 @@ from torchreg.budget import usable_cpus
 BLOCK_ROWS = 1024
 # Output features per block of a weight gradient (its rows): the same reasoning.
 BLOCK_FEATURES = 64
+# Rows per block of a gather (parallel.take): a few hundred microseconds of random reads.
+GATHER_ROWS = 8192
 # Multiply-adds of a product below which it is not split: a few milliseconds on one core.
 MIN_BLOCKED_WORK = 2**26
 # Multiply-adds of a layer's product from which OpenBLAS's Haswell kernels beat MKL's portable
@@ -45,6 +50,7 @@ ARM64_FAMILIES = ("arm64 (Linux)",)
 # on it).
 THREADS = usable_cpus()
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @cache
@@ -78,6 +84,51 @@ def for_each(fn: Callable[[T], object], items: Iterable[T]) -> None:
     share(0)
     for future in others:
         future.result()
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], ahead: int | None = None) -> Iterator[R]:
+    """fn(item) for every item, yielded in the items' order. In the portable mode up to `ahead`
+    items (default: THREADS) are computed at once on every core: whatever adds the results up
+    adds them in this one order, so the bits do not depend on the threads. Each thread
+    computes in the caller's grad and inference modes."""
+    ahead = THREADS if ahead is None else min(ahead, THREADS)
+    if cpu.current() != "portable" or ahead < 2:
+        yield from map(fn, items)
+        return
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def call(item: T) -> R:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return fn(item)
+
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(_pool().submit(call, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # stopped early (an error): nothing left running
+        for future in pending:
+            future.cancel()
+
+
+def take(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """rows[index], the rows `index` names, in its order. In the portable mode on the CPU a
+    large gather is split into blocks of GATHER_ROWS on every core (torch would copy on its
+    one thread): a copy has the same bytes however it is split."""
+    if cpu.current() != "portable" or rows.device.type != "cpu" or len(index) < 2 * GATHER_ROWS:
+        return rows[index]
+    out = rows.new_empty((len(index), *rows.shape[1:]))
+
+    def block(start: int) -> None:
+        part = slice(start, start + GATHER_ROWS)
+        torch.index_select(rows, 0, index[part], out=out[part])
+
+    with torch.no_grad():
+        for_each(block, range(0, len(index), GATHER_ROWS))
+    return out
 
 
 def _mm(t: torch.Tensor) -> Callable[..., torch.Tensor]:

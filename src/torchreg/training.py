@@ -33,6 +33,7 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR
 from torch.optim.swa_utils import AveragedModel
 
+from torchreg import parallel
 from torchreg.budget import check_memory, check_processes, train_bytes
 from torchreg.checkpoint import Checkpoints, kill_point, max_checkpoint_bytes
 from torchreg.config import Params, TrainConfig
@@ -542,7 +543,7 @@ class Step:
         per chunk, so a step does no slicing."""
         chunk = max(1, CHUNK_ROWS // batch_size) * batch_size
         for start in range(0, len(order), chunk):
-            block = self.layout(rows[order[start : start + chunk]])
+            block = self.layout(parallel.take(rows, order[start : start + chunk]))
             xs, ys = block[:, :-1].split(batch_size), block[:, -1].split(batch_size)
             yield from ((x, y, len(y)) for x, y in zip(xs, ys, strict=True))
 

@@ -285,7 +285,10 @@ class DataFile:
         _check_finite(out, self.path, start)
         return out
 
-    def blocks(self, rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+    chunk_rows = CHUNK_ROWS  # rows per block of `blocks`, by default
+
+    def blocks(self, rows: int | None = None) -> Iterator[np.ndarray]:
+        rows = rows or self.chunk_rows
         for start in range(0, self.rows, rows):
             yield self.read(start, start + rows)
 
