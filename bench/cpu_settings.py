@@ -1,9 +1,9 @@
 """What the same-bytes-on-any-CPU settings cost: each workload timed with `compute.cpu:
 portable` ("pinned") and `compute.cpu: native` (torch's own choices: MKL's and ATen's fastest
 code path for this CPU, one thread per core), alternating, in fresh processes; then, for the
-wide mlp and the 10M-row evaluate, where the difference goes: per setting (the portable mode
-with one of its settings undone, and the baseline family's settings) and per op (torch's
-profiler, self CPU time by op).
+wide mlp and the 10M-row train and evaluate, where the difference goes: per setting (the
+portable mode with one of its settings undone, and the baseline family's settings) and per op
+(torch's profiler, self CPU time by op).
 
     python bench/cpu_settings.py [--repeats 5]
 
@@ -124,6 +124,9 @@ if "big" in parts:
     out["10M-row evaluate s (train + test metrics)"] = time.perf_counter() - start
     if variant.get("profile"):
         from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            timed(params.model, lcfg, DataFile(big))
+        out["profile train"] = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             evaluate(model, params.data, DataFile(big), DataFile(big))
         out["profile evaluate"] = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
@@ -296,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, got in variants:
         cells = [f"{got[k]:.3g} ({got[k] / base[k]:.2f}x native)" for k in base]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    for workload in ("profile wide", "profile evaluate"):
+    for workload in ("profile wide", "profile train", "profile evaluate"):
         for mode in ("native", "portable"):
             ops = top_ops(profiles[mode][workload])
             print(
