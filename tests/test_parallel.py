@@ -274,3 +274,40 @@ def test_ordered_map_raises_the_first_error_in_order_and_keeps_the_callers_modes
         for value in parallel.ordered_map(check, range(8)):
             got.append(value)
     assert got == [True, True, True]
+
+
+NESTED = """
+import torch
+from concurrent.futures import ThreadPoolExecutor
+import torchreg.parallel as parallel
+from torchreg import cpu
+from torchreg.data import ArrayRows
+from torchreg.evaluation import prediction_errors
+
+class Chunks(ArrayRows):
+    chunk_rows = 4096
+
+cpu.use("portable")
+pool = ThreadPoolExecutor(2)
+parallel._pool, parallel.THREADS = (lambda: pool), 2
+torch.manual_seed(0)
+model = torch.nn.Sequential(parallel.Linear(64, 300), torch.nn.ReLU(), parallel.Linear(300, 1))
+model.requires_grad_(False)
+rows = torch.randn(3 * 4096, 65, generator=torch.Generator().manual_seed(0))
+on_the_pool = prediction_errors(lambda x: model(x).squeeze(1), Chunks(rows))
+parallel.THREADS = 1
+print(on_the_pool, on_the_pool == prediction_errors(lambda x: model(x).squeeze(1), Chunks(rows)))
+"""
+
+
+def test_a_layer_in_blocks_inside_a_chunk_on_the_pool_does_not_wait_for_ever():
+    """evaluate computes chunks on the pool's threads; a wide layer inside one splits its
+    product into blocks: handed to the same pool, all of whose threads wait for them, they
+    would never run. Nested work runs on the share's own thread, with the same bits."""
+    assert parallel.MIN_BLOCKED_WORK <= 4096 * 64 * 300
+    result = subprocess.run(
+        [sys.executable, "-c", NESTED], cwd=ROOT, env=subprocess_env(ROOT / "src"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("{'mae': ") and result.stdout.endswith("} True\n")

@@ -18,9 +18,11 @@ every core for a caller that adds them up in the chunks' order (evaluation's sum
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cache
 from typing import TypeVar
 
@@ -62,12 +64,35 @@ def _pool() -> ThreadPoolExecutor:
 os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
+_share = threading.local()  # .running: this thread computes a share of for_each or ordered_map
+
+
+@contextmanager
+def _as_share(grad: bool, inference: bool) -> Iterator[None]:
+    """Compute as the caller would (torch keeps grad and inference modes per thread), and hand
+    nothing further to the pool: a share that waited on the pool's threads, all busy with
+    shares, would wait for ever. Work nested so runs on the share's thread, in the same blocks
+    (the bits do not depend on it)."""
+    before = getattr(_share, "running", False)
+    _share.running = True
+    try:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            yield
+    finally:
+        _share.running = before
+
+
+def _threads() -> int:
+    """The threads work may be spread over from here: 1 inside a share."""
+    return 1 if getattr(_share, "running", False) else THREADS
+
+
 def for_each(fn: Callable[[T], object], items: Iterable[T]) -> None:
     """fn(item) for every item, on every core: each thread takes a share of consecutive items,
     the calling thread the first. Each thread computes in the caller's grad and inference
-    modes (torch keeps them per thread)."""
+    modes."""
     items = list(items)
-    shares = min(len(items), THREADS)
+    shares = min(len(items), _threads())
     if shares < 2:
         for item in items:
             fn(item)
@@ -76,7 +101,7 @@ def for_each(fn: Callable[[T], object], items: Iterable[T]) -> None:
     bounds = [i * len(items) // shares for i in range(shares + 1)]
 
     def share(i: int) -> None:
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+        with _as_share(grad, inference):
             for item in items[bounds[i] : bounds[i + 1]]:
                 fn(item)
 
@@ -91,14 +116,14 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], ahead: int | None = No
     items (default: THREADS) are computed at once on every core: whatever adds the results up
     adds them in this one order, so the bits do not depend on the threads. Each thread
     computes in the caller's grad and inference modes."""
-    ahead = THREADS if ahead is None else min(ahead, THREADS)
+    ahead = _threads() if ahead is None else min(ahead, _threads())
     if cpu.current() != "portable" or ahead < 2:
         yield from map(fn, items)
         return
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def call(item: T) -> R:
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+        with _as_share(grad, inference):
             return fn(item)
 
     pending: deque[Future[R]] = deque()
