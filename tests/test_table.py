@@ -637,13 +637,24 @@ def test_a_column_named_like_a_number_or_nothing(workdir, raw_params, capsys, na
 
 def test_validate_checks_the_table_before_dvc_removes_anything(workdir, raw_params):
     """DVC removes prepare's outputs before it runs prepare: the validate stage, run first,
-    refuses a table that is not there or lacks the target, in one line."""
+    refuses a table that is not there, lacks the target, or has no feature plot.feature, in
+    one line."""
     spec = importlib.util.spec_from_file_location("validate_stage", ROOT / "stages/validate.py")
     validate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(validate)
     write("t.csv", csv(numbers(60)))
+    raw_params["plot"]["feature"] = 1
     use_table(raw_params, "t.csv")
     validate.run(Path("params.yaml"), Path("ok"))  # a good table: passes
+    raw_params["plot"]["feature"] = 2  # the default, 3, or any past the table's features
+    use_table(raw_params, "t.csv")
+    with pytest.raises(ConfigError) as err:
+        validate.run(Path("params.yaml"), Path("ok"))
+    assert str(err.value) == (
+        "plot.feature = 2 is not a feature of t.csv: allowed 0..1 (its 2 features: ['a', 'b']); "
+        "choose the one plots/fit.png draws against the target, e.g. -S plot.feature=0"
+    )
+    raw_params["plot"]["feature"] = 0
     for table, says in (
         ({"target": "nope"}, "t.csv: no column 'nope' (data.table.target)"),
         ({"path": "gone.csv"}, "gone.csv not found"),
