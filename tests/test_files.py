@@ -690,3 +690,74 @@ def test_a_peer_timeout_that_is_no_number_of_seconds_is_one_line(monkeypatch, va
     assert message(e) == (f"TORCHREG_DIST_TIMEOUT_S = {value!r} is not a number of seconds above 0")
     monkeypatch.setenv("TORCHREG_DIST_TIMEOUT_S", "2.5")
     assert dist_timeout_s() == 2.5
+
+
+STAGE = (
+    "import sys, time\nfrom torchreg.stage import quiet_interrupts, run_main\n"
+    "quiet_interrupts('train')\n"
+    "run_main('train', lambda: (print('up', file=sys.stderr, flush=True), time.sleep(60)))"
+)
+
+
+def test_a_stage_whose_dvc_died_before_it_started_stops(tmp_path):
+    """dvc killed while the stage's python starts: the stage finds init (pid 1) where dvc was,
+    and stops as if it had seen dvc go."""
+    log = tmp_path / "stage.log"
+    log.touch()
+    stage = shlex.join([sys.executable, "-c", STAGE])
+    dvc = (  # starts the stage as DVC does, through a shell, and dies before the stage is up
+        "import os, subprocess, sys\n"
+        f"p = subprocess.Popen(['/bin/sh', '-c', 'sleep 1; exec ' + {stage!r}],"
+        f" stderr=open({str(log)!r}, 'w'), env={{**os.environ, 'DVC_STAGE': 'train'}})\n"
+        "print(p.pid, flush=True)\nos._exit(0)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", dvc], stdout=subprocess.PIPE)
+    pid = int(parent.stdout.readline())
+    parent.wait()
+    try:
+        import psutil
+
+        if psutil.Process(pid).ppid() != 1:
+            pytest.skip("orphans go to a subreaper here, not to init")
+        said = "train: terminated (SIGTERM); no output was written\n"
+        assert wait_for_text(log, said).endswith(said)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_stage_outlives_the_shell_of_a_dvc_with_dvc_stage_exported(tmp_path):
+    """DVC_STAGE exported in the user's shell: dvc's environment has it too, so dvc is known
+    by its command line; the shell that started dvc may go, the stage stays while dvc lives."""
+    log = tmp_path / "stage.log"
+    log.touch()
+    fake = tmp_path / "bin" / "dvc"  # stands for dvc: `python .../dvc` as its entry point runs
+    fake.parent.mkdir()
+    fake.write_text(
+        "import os, subprocess, sys\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {STAGE!r}], stderr=open({str(log)!r}, 'w'),"
+        " env={**os.environ, 'DVC_STAGE': 'train'})\n"
+        "print(os.getpid(), p.pid, flush=True)\np.wait()"
+    )
+    user_shell = (  # starts dvc with DVC_STAGE exported, passes on its pids, waits
+        "import subprocess, sys\n"
+        f"p = subprocess.Popen([sys.executable, {str(fake)!r}], stdout=subprocess.PIPE)\n"
+        "print(p.stdout.readline().decode(), end='', flush=True)\np.wait()"
+    )
+    env = {**os.environ, "DVC_STAGE": "mine"}
+    shell = subprocess.Popen([sys.executable, "-c", user_shell], stdout=subprocess.PIPE, env=env)
+    dvc, pid = map(int, shell.stdout.readline().split())
+    try:
+        assert wait_for_text(log, "up\n") == "up\n"
+        shell.kill()
+        shell.wait()
+        time.sleep(2)
+        os.kill(pid, 0)  # still running
+        assert log.read_text() == "up\n"
+        os.kill(dvc, signal.SIGKILL)
+        said = "train: terminated (SIGTERM); no output was written\n"
+        assert wait_for_text(log, said) == "up\n" + said
+    finally:
+        for p in (dvc, pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)

@@ -54,6 +54,7 @@ def quiet_interrupts(stage: str) -> None:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # `nohup`, `cmd &`: stay ignored
             signal.signal(signum, stop)
     _quiet.add(stop)
+    stop_with_dvc()  # as early as can be: dvc may be killed while torch is imported
 
 
 _quiet: set[Callable] = set()  # the handlers quiet_interrupts installed
@@ -74,12 +75,14 @@ def stop_with_dvc() -> None:
     """A stage that DVC started ends when that dvc process ends, however it ends: a kill -9 of
     `dvc repro` must not leave a trainer behind, writing outputs and checkpoints while the next
     `dvc repro` runs its own. A thread looks twice a second at the processes between this one
-    and dvc (the shell DVC runs the command in, a launcher); once one of them is gone, the stage
-    gets SIGTERM, as from `kill` (its one line; a checkpoint saved is kept). Started by hand (no
-    DVC_STAGE in the environment, which DVC sets), a stage outlives its shell as any program does
-    (`nohup`)."""
-    if "DVC_STAGE" not in os.environ:
+    and dvc (the shell DVC runs the command in, a launcher); once one of them is gone, or if
+    dvc was gone before the stage could look, the stage gets SIGTERM, as from `kill` (its one
+    line; a checkpoint saved is kept). Started by hand (no DVC_STAGE in the environment, which
+    DVC sets), a stage outlives its shell as any program does (`nohup`). Called by
+    quiet_interrupts, before the heavy imports, and by run_main; the thread starts once."""
+    if "DVC_STAGE" not in os.environ or _watching:
         return
+    _watching.append(True)
     chain = _up_to_dvc()
 
     def watch() -> None:
@@ -94,26 +97,45 @@ def stop_with_dvc() -> None:
     threading.Thread(target=watch, name="stop-with-dvc", daemon=True).start()
 
 
+_watching: list[bool] = []  # not empty once stop_with_dvc has started its thread
+
+
+def _names_dvc(process: object) -> bool:
+    """Whether a process is the dvc program (`dvc ...`, `python .../dvc ...`, `python -m dvc`)."""
+    import psutil
+
+    try:
+        args = process.cmdline()
+    except psutil.Error:
+        return False
+    return any(Path(a).name in ("dvc", "dvc.exe") for a in args[:2]) or args[1:3] == ["-m", "dvc"]
+
+
 def _up_to_dvc() -> list:
     """This process's ancestors, nearest first, up to the dvc process that ran the stage: the
-    first one started without DVC_STAGE (DVC sets it for the stage's command only, so the shell
-    that runs the command has it, and so does a launcher)."""
+    first one that is the dvc program or was started without DVC_STAGE (DVC sets it for the
+    stage's command only, so the shell that runs the command has it, and so does a launcher).
+    Empty where dvc is gone already: the walk ended at init (pid 1), which adopted the orphans,
+    unless init is dvc itself (`docker run ... dvc repro`)."""
     import psutil
 
     chain = [psutil.Process().parent()]
     while chain[-1] is not None:
         try:
-            if "DVC_STAGE" not in chain[-1].environ():
+            if _names_dvc(chain[-1]) or "DVC_STAGE" not in chain[-1].environ():
                 break
             chain.append(chain[-1].parent())
         except psutil.Error:  # gone, or not ours to read: count it as dvc
             break
-    return [p for p in chain if p is not None]
+    chain = [p for p in chain if p is not None]
+    if chain and chain[-1].pid == 1 and not _names_dvc(chain[-1]):
+        return []
+    return chain
 
 
 def _intact(chain: list) -> bool:
-    """Whether each process of `chain` is still the child of the next. A process that dies
-    hands its children to another parent at once, before anyone reaps it."""
+    """Whether each process of `chain` is still the child of the next (False for no chain). A
+    process that dies hands its children to another parent at once, before anyone reaps it."""
     import psutil
 
     try:
