@@ -42,8 +42,11 @@ def chunks(rows: Rows) -> Iterator[torch.Tensor]:
 
 
 # Chunks read and computed at once in the portable mode (parallel.ordered_map), as long as
-# they hold at most this many bytes together: a wide table's chunks go one at a time.
-AHEAD_BYTES = 64 << 20
+# their working sets hold at most this many bytes together: a wide table's chunks go one at a
+# time. A chunk's working set is about CHUNK_BYTES_FACTOR times its float32 rows (the rows,
+# their float64 copy with a column of ones, the weighted copy).
+AHEAD_BYTES = 256 << 20
+CHUNK_BYTES_FACTOR = 4
 
 
 def per_chunk(fn: Callable[[torch.Tensor], T], rows: Rows) -> Iterator[T]:
@@ -51,7 +54,7 @@ def per_chunk(fn: Callable[[torch.Tensor], T], rows: Rows) -> Iterator[T]:
     the portable mode: the caller adds the results up in that order, whatever the threads."""
     data = as_rows(rows)
     size = data.chunk_rows
-    ahead = AHEAD_BYTES // (size * data.columns * 4)
+    ahead = AHEAD_BYTES // (size * data.columns * 4 * CHUNK_BYTES_FACTOR)
 
     def at(start: int) -> T:
         return fn(torch.from_numpy(data.read(start, start + size)))
