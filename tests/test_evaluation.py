@@ -331,3 +331,36 @@ def test_the_sums_have_the_same_bits_on_any_number_of_threads(params, monkeypatc
             )
         )
     assert runs[1] == runs[0] and runs[2] == runs[0]
+
+
+ONE_THREAD_EACH = """
+import torch  # before torchreg: MKL and OpenMP start from this environment's thread counts
+from torchreg import cpu, parallel
+cpu.use("portable")
+from concurrent.futures import ThreadPoolExecutor
+from torchreg.evaluation import least_squares, minimizer_fit
+rows = torch.randn(300, 9, generator=torch.Generator().manual_seed(0))
+def fits():
+    found = least_squares(rows), minimizer_fit(rows, "mae")[0]
+    return [(f.w.tolist(), f.b.item()) for f in found]
+parallel.THREADS = 1
+serial = fits()
+parallel.THREADS, parallel._pool = 2, (lambda pool=ThreadPoolExecutor(2): pool)
+print(fits() == serial)
+"""
+
+
+def test_a_pool_thread_computes_on_one_thread_as_the_caller_does():
+    """A new thread starts with MKL's default thread count, not the one the portable mode set
+    on the caller's: with OMP_NUM_THREADS=3 a float64 product of a chunk had other bits there."""
+    import subprocess
+    import sys
+
+    from support import ROOT, subprocess_env
+
+    result = subprocess.run(
+        [sys.executable, "-c", ONE_THREAD_EACH], cwd=ROOT, capture_output=True, text=True,
+        env=subprocess_env(ROOT / "src", drop=("MKL_NUM_THREADS",), OMP_NUM_THREADS="3"),
+        timeout=120,
+    )  # fmt: skip
+    assert result.stdout == "True\n", result.stderr

@@ -69,12 +69,16 @@ _share = threading.local()  # .running: this thread computes a share of for_each
 
 @contextmanager
 def _as_share(grad: bool, inference: bool) -> Iterator[None]:
-    """Compute as the caller would (torch keeps grad and inference modes per thread), and hand
+    """Compute as the caller would (torch keeps grad and inference modes per thread, and so do
+    OpenMP and MKL their thread counts: the portable mode's one thread must hold here too; with
+    MKL on three threads a float64 product of a 300-row chunk has other bits), and hand
     nothing further to the pool: a share that waited on the pool's threads, all busy with
     shares, would wait for ever. Work nested so runs on the share's thread, in the same blocks
     (the bits do not depend on it)."""
     before = getattr(_share, "running", False)
     _share.running = True
+    if cpu.current() == "portable":  # a new thread starts with OpenMP's and MKL's defaults
+        torch.set_num_threads(1)
     try:
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             yield
