@@ -276,6 +276,64 @@ def test_ordered_map_raises_the_first_error_in_order_and_keeps_the_callers_modes
     assert got == [True, True, True]
 
 
+def test_for_each_raises_only_once_every_share_has_ended(monkeypatch):
+    """The caller's share fails at once while another still writes into the caller's memory:
+    for_each must not return (nor raise) before that one ends."""
+    use_pool(monkeypatch, 2)
+    ended = []
+
+    def fn(i: int) -> None:
+        if i == 0:
+            raise ValueError("share 0")
+        time.sleep(0.3)
+        ended.append(i)
+
+    with pytest.raises(ValueError, match="share 0"):
+        parallel.for_each(fn, range(2))
+    assert ended == [1]
+
+
+def test_ordered_map_stopped_early_leaves_nothing_running(monkeypatch):
+    use_pool(monkeypatch, 3)
+    cpu.use("portable")
+    started, ended = [], []
+
+    def slow(i: int) -> int:
+        started.append(i)
+        time.sleep(0.3 if i else 0)
+        ended.append(i)
+        return i
+
+    results = parallel.ordered_map(slow, range(8), ahead=3)
+    assert next(results) == 0
+    time.sleep(0.1)  # items 1 and 2 are running (or waiting for a thread)
+    results.close()  # the caller stops reading
+    assert len(started) > 1 and sorted(ended) == sorted(started)
+
+
+def test_threads_asking_at_once_get_one_pool(monkeypatch):
+    class SlowToStart(ThreadPoolExecutor):  # widens the window two askers could both start one
+        def __init__(self, *args, **kw):
+            time.sleep(0.05)
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(parallel, "ThreadPoolExecutor", SlowToStart)
+    parallel._new_pool.cache_clear()
+    barrier, pools = threading.Barrier(8), []
+
+    def ask() -> None:
+        barrier.wait()
+        pools.append(parallel._pool())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    parallel._new_pool.cache_clear()  # the next test's pool is a plain one
+    assert len({id(pool) for pool in pools}) == 1
+
+
 NESTED = """
 import torch
 from concurrent.futures import ThreadPoolExecutor

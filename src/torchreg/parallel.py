@@ -21,7 +21,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from functools import cache
 from typing import TypeVar
@@ -55,13 +55,28 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+_pool_lock = threading.Lock()
+
+
 @cache
-def _pool() -> ThreadPoolExecutor:
+def _new_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="torchreg")
 
 
-# A forked child has none of the pool's threads: it starts a pool of its own.
-os.register_at_fork(after_in_child=_pool.cache_clear)
+def _pool() -> ThreadPoolExecutor:
+    """The one pool of this process (two threads asking at once get the same one)."""
+    with _pool_lock:
+        return _new_pool()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the pool's threads (and maybe a held lock): it starts anew."""
+    global _pool_lock
+    _pool_lock = threading.Lock()
+    _new_pool.cache_clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _share = threading.local()  # .running: this thread computes a share of for_each or ordered_map
@@ -94,7 +109,7 @@ def _threads() -> int:
 def for_each(fn: Callable[[T], object], items: Iterable[T]) -> None:
     """fn(item) for every item, on every core: each thread takes a share of consecutive items,
     the calling thread the first. Each thread computes in the caller's grad and inference
-    modes."""
+    modes. It returns, or raises the first share's error, once every share has ended."""
     items = list(items)
     shares = min(len(items), _threads())
     if shares < 2:
@@ -110,7 +125,10 @@ def for_each(fn: Callable[[T], object], items: Iterable[T]) -> None:
                 fn(item)
 
     others = [_pool().submit(share, i) for i in range(1, shares)]
-    share(0)
+    try:
+        share(0)
+    finally:  # share 0 failed or not: none returns while another still writes
+        wait(others)
     for future in others:
         future.result()
 
@@ -138,9 +156,10 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], ahead: int | None = No
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-    finally:  # stopped early (an error): nothing left running
+    finally:  # stopped early (an error, or the caller's): nothing left running
         for future in pending:
             future.cancel()
+        wait(pending)
 
 
 def take(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
