@@ -115,6 +115,21 @@ if "products" in parts:
     cores = parallel.THREADS if mode == "portable" else torch.get_num_threads()
     flops = 3 * 2 * 4096 * 256 * 256
     out["products GFLOP/s per core (wide mlp layer, fwd + bwd)"] = flops / seconds / cores / 1e9
+    # The kernels alone: each product whole, on this one thread (portable: the Haswell kernels;
+    # native: MKL's own path held at one thread). Against the row above it tells a slow kernel
+    # from slow blocks or threads.
+    from torchreg import gemm
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    mm = gemm.mm if mode == "portable" and gemm.available() else torch.mm
+    whole = lambda: (mm(x, w.T), mm(grad, w), mm(grad.T, x))
+    whole()
+    start = time.perf_counter()
+    for _ in range(n):
+        whole()
+    seconds = (time.perf_counter() - start) / n
+    torch.set_num_threads(threads)
+    out["products GFLOP/s, each whole on one thread"] = flops / seconds / 1e9
 if "big" in parts:
     lcfg = cfg.model_copy(update={"epochs": 1, "batch_size": 4096})
     seconds, model = timed(params.model, lcfg, DataFile(big))
