@@ -47,6 +47,67 @@ def test_the_blocks_give_the_same_bits_on_any_number_of_threads(monkeypatch, dty
         assert torch.equal(layer.bias.grad, runs[0][0].bias.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows", [5000, 600, 20])
+@pytest.mark.parametrize("mode", ["portable", "native"])
+def test_a_layer_with_its_relu_has_the_bits_of_the_layer_then_relu(monkeypatch, mode, rows, dtype):
+    """Linear(x, relu=True) (in the portable mode on a wide batch: ReLU in each block of rows
+    on the pool, and its gradient too) gives exactly the values and gradients of the layer
+    followed by nn.ReLU, on any number of threads, NaN, zeros and -0.0 included."""
+    cpu.use(mode)
+    g = torch.Generator().manual_seed(1)
+    torch.manual_seed(0)
+    layer = parallel.Linear(64, 300).to(dtype)
+    with torch.no_grad():  # exact zeros, a -0.0 and NaN before the ReLU, and in its gradient
+        layer.weight[:3] = 0
+        layer.bias[:3] = torch.tensor([0.0, -0.0, float("nan")], dtype=dtype)
+    x0 = torch.randn(rows, 64, generator=g, dtype=dtype)
+    upstream = torch.randn(rows, 300, generator=g, dtype=dtype)
+    upstream[::7, 5] = float("nan")
+
+    def run(threads: int, fused: bool):
+        use_pool(monkeypatch, threads)
+        layer.zero_grad()
+        x = x0.clone().requires_grad_()
+        out = layer(x, relu=True) if fused else nn.ReLU()(layer(x))
+        (out * upstream).sum().backward()
+        return [t.clone() for t in (out, x.grad, layer.weight.grad, layer.bias.grad)]
+
+    try:
+        want = run(1, fused=False)
+        for threads in (1, 2, 3):
+            for got, expected in zip(run(threads, fused=True), want, strict=True):
+                assert torch.equal(got.nan_to_num(7.0), expected.nan_to_num(7.0))
+                assert torch.equal(got.isnan(), expected.isnan())
+                assert torch.equal(got.signbit(), expected.signbit())
+    finally:
+        cpu.use("portable")
+
+
+def test_an_mlp_with_relu_calls_each_layer_with_its_relu(monkeypatch):
+    """MLP.forward hands each hidden layer its ReLU (the last layer has none), and its output is
+    nn.Sequential's, bit for bit; other activations go module by module."""
+    from torchreg.model import MLP
+
+    cpu.use("portable")
+    torch.manual_seed(0)
+    x = torch.randn(3000, 4, generator=torch.Generator().manual_seed(0))
+    calls, forward = [], parallel.Linear.forward
+
+    def noted(self, x, relu=False):
+        calls.append(relu)
+        return forward(self, x, relu)
+
+    for activation, fused in (("relu", [True, True, False]), ("tanh", [False, False, False])):
+        model = MLP(4, (256, 256), activation)
+        calls.clear()
+        monkeypatch.setattr(parallel.Linear, "forward", noted)
+        got = model(x)
+        assert calls == fused
+        monkeypatch.setattr(parallel.Linear, "forward", forward)
+        assert torch.equal(got, model.net(x).squeeze(-1))
+
+
 # 5000 rows: every product in blocks; 600 rows: float32's products in one piece, by
 # torchreg.gemm (600 x 64 x 300 is between MIN_GEMM_WORK and MIN_BLOCKED_WORK).
 @pytest.mark.parametrize("rows", [5000, 600])

@@ -187,8 +187,16 @@ def _mm(t: torch.Tensor) -> Callable[..., torch.Tensor]:
     return lambda a, b, out, accumulate: out.addmm_(a, b) if accumulate else torch.mm(a, b, out=out)
 
 
-def blocked_mm(a: torch.Tensor, b: torch.Tensor, rows: int, bias: torch.Tensor | None = None):
-    """a @ b (+ bias), by blocks of `rows` rows of a, each written in place into the result."""
+def blocked_mm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    rows: int,
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """a @ b (+ bias), by blocks of `rows` rows of a, each written in place into the result,
+    then (with `relu`) ReLU'd in place while the block is in the core's cache: torch.relu's own
+    kernel, exact, so the same bits as a ReLU after the product."""
     out = a.new_empty(len(a), b.size(1))
     mm = _mm(a)
     # Handing a block to another thread costs about 100 us: a smaller product is computed in
@@ -201,40 +209,64 @@ def blocked_mm(a: torch.Tensor, b: torch.Tensor, rows: int, bias: torch.Tensor |
         if bias is not None:  # the product is added to the bias: one pass over out less
             out[part] = bias
         mm(a[part], b, out=out[part], accumulate=bias is not None)
+        if relu:
+            out[part].relu_()
 
     with torch.no_grad():
         for_each(block, range(0, len(a), rows))
     return out
 
 
+def _relu_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The gradient before a ReLU whose output was `out`, as nn.ReLU's backward computes it
+    (threshold_backward: 0 where out <= 0), in blocks of rows on every core."""
+    before = torch.empty_like(grad)
+
+    def block(start: int) -> None:
+        part = slice(start, start + BLOCK_ROWS)
+        torch.ops.aten.threshold_backward.grad_input(
+            grad[part], out[part], 0, grad_input=before[part]
+        )
+
+    with torch.no_grad():
+        for_each(block, range(0, len(grad), BLOCK_ROWS))
+    return before
+
+
 class _LinearFunction(torch.autograd.Function):
-    """x @ W.T + b, and its gradients, in blocks: rows of x (and of the gradient for x), rows
-    of the weight gradient. The bias gradient is one sum over the batch."""
+    """x @ W.T + b, then ReLU with `relu`, and the gradients, in blocks: rows of x (and of the
+    gradient for x, and of ReLU's), rows of the weight gradient. The bias gradient is one sum
+    over the batch."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        return blocked_mm(x, weight.T, BLOCK_ROWS, bias)
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool):
+        out = blocked_mm(x, weight.T, BLOCK_ROWS, bias, relu)
+        ctx.relu = relu
+        ctx.save_for_backward(x, weight, out if relu else None)
+        return out
 
     @staticmethod
     @once_differentiable  # its products are not recorded: a second derivative is refused
     def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
+        x, weight, out = ctx.saved_tensors
+        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        if ctx.relu:
+            grad = _relu_backward(grad, out)
         grad_x = blocked_mm(grad, weight, BLOCK_ROWS) if need_x else None
         # Row block j of the weight gradient is (columns j of grad).T @ x.
         grad_w = blocked_mm(grad.T, x, BLOCK_FEATURES) if need_w else None
-        return grad_x, grad_w, grad.sum(0) if need_b else None
+        return grad_x, grad_w, grad.sum(0) if need_b else None, None
 
 
 class Linear(nn.Linear):
-    """nn.Linear; in the portable mode on the CPU, a 2-d batch whose product is large enough
-    goes through the function above: from MIN_GEMM_WORK multiply-adds when the Haswell kernels
-    take its dtype (below, calling them costs more than MKL's product), from MIN_BLOCKED_WORK
-    otherwise (where it is split into blocks). The choice depends on the shapes, the dtype and
-    the CPU family alone."""
+    """nn.Linear, and with `relu` nn.Linear then nn.ReLU; in the portable mode on the CPU, a
+    2-d batch whose product is large enough goes through the function above: from
+    MIN_GEMM_WORK multiply-adds when the Haswell kernels take its dtype (below, calling them
+    costs more than MKL's product), from MIN_BLOCKED_WORK otherwise (where it is split into
+    blocks). The choice depends on the shapes, the dtype and the CPU family alone; the bits are
+    those of nn.Linear (then nn.ReLU) computed in the portable mode's one thread."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         if (
             cpu.current() == "portable"
             and x.device.type == self.weight.device.type == "cpu"
@@ -246,5 +278,6 @@ class Linear(nn.Linear):
             work = x.numel() * self.out_features
             min_gemm_work = 0 if cpu.family() in ARM64_FAMILIES else MIN_GEMM_WORK
             if work >= MIN_BLOCKED_WORK or (work >= min_gemm_work and _mm(x) is gemm.mm):
-                return _LinearFunction.apply(x, self.weight, self.bias)
-        return super().forward(x)
+                return _LinearFunction.apply(x, self.weight, self.bias, relu)
+        out = super().forward(x)
+        return torch.relu(out) if relu else out
