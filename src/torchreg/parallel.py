@@ -10,7 +10,9 @@ one core or sixteen, computes exactly the same blocks the same way. The threads 
 `Linear` is nn.Linear (same parameters, same state dict) whose large products go this way: on
 the x86-64-v3 family float32 products of MIN_GEMM_WORK multiply-adds and more, by OpenBLAS's
 Haswell kernels (torchreg.gemm: about 2.5x MKL's vendor-neutral path on one core, before the
-blocks); elsewhere products of MIN_BLOCKED_WORK and more, by torch. `take` gathers rows in
+blocks); elsewhere products of MIN_BLOCKED_WORK and more, by torch. `Linear(x, relu=True)`
+also computes the ReLU after it (and its gradient) in the same blocks of rows, while each is in
+the core's cache: an exact op, so the bits of a separate nn.ReLU. `take` gathers rows in
 blocks (a copy: any split gives its bytes), and `ordered_map` computes per-chunk results on
 every core for a caller that adds them up in the chunks' order (evaluation's sums).
 """
