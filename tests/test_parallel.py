@@ -47,13 +47,18 @@ def test_the_blocks_give_the_same_bits_on_any_number_of_threads(monkeypatch, dty
         assert torch.equal(layer.bias.grad, runs[0][0].bias.grad)
 
 
+@pytest.mark.parametrize("layout", ["rows", "columns"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rows", [5000, 600, 20])
 @pytest.mark.parametrize("mode", ["portable", "native"])
-def test_a_layer_with_its_relu_has_the_bits_of_the_layer_then_relu(monkeypatch, mode, rows, dtype):
+def test_a_layer_with_its_relu_has_the_bits_of_the_layer_then_relu(
+    monkeypatch, mode, rows, dtype, layout
+):
     """Linear(x, relu=True) (in the portable mode on a wide batch: ReLU in each block of rows
     on the pool, and its gradient too) gives exactly the values and gradients of the layer
-    followed by nn.ReLU, on any number of threads, NaN, zeros and -0.0 included."""
+    followed by nn.ReLU, on any number of threads, NaN, zeros and -0.0 included, whether the
+    gradient coming back is stored by rows or by columns (then the sums after ReLU's gradient
+    add in the order of its layout, which must be nn.ReLU's)."""
     cpu.use(mode)
     g = torch.Generator().manual_seed(1)
     torch.manual_seed(0)
@@ -64,13 +69,15 @@ def test_a_layer_with_its_relu_has_the_bits_of_the_layer_then_relu(monkeypatch, 
     x0 = torch.randn(rows, 64, generator=g, dtype=dtype)
     upstream = torch.randn(rows, 300, generator=g, dtype=dtype)
     upstream[::7, 5] = float("nan")
+    if layout == "columns":
+        upstream = upstream.T.contiguous().T
 
     def run(threads: int, fused: bool):
         use_pool(monkeypatch, threads)
         layer.zero_grad()
         x = x0.clone().requires_grad_()
         out = layer(x, relu=True) if fused else nn.ReLU()(layer(x))
-        (out * upstream).sum().backward()
+        out.backward(upstream)
         return [t.clone() for t in (out, x.grad, layer.weight.grad, layer.bias.grad)]
 
     try:
@@ -86,26 +93,34 @@ def test_a_layer_with_its_relu_has_the_bits_of_the_layer_then_relu(monkeypatch, 
 
 def test_an_mlp_with_relu_calls_each_layer_with_its_relu(monkeypatch):
     """MLP.forward hands each hidden layer its ReLU (the last layer has none), and its output is
-    nn.Sequential's, bit for bit; other activations go module by module."""
+    nn.Sequential's, bit for bit; other activations, and a ReLU that hooks watch, go module by
+    module (the hooks fire)."""
     from torchreg.model import MLP
 
     cpu.use("portable")
     torch.manual_seed(0)
     x = torch.randn(3000, 4, generator=torch.Generator().manual_seed(0))
-    calls, forward = [], parallel.Linear.forward
+    calls, forward, seen = [], parallel.Linear.forward, []
 
     def noted(self, x, relu=False):
         calls.append(relu)
         return forward(self, x, relu)
 
-    for activation, fused in (("relu", [True, True, False]), ("tanh", [False, False, False])):
+    for activation, hooked, fused in (
+        ("relu", False, [True, True, False]),
+        ("relu", True, [False, True, False]),
+        ("tanh", False, [False, False, False]),
+    ):
         model = MLP(4, (256, 256), activation)
+        if hooked:
+            model.net[1].register_forward_hook(lambda module, args, out: seen.append(out.shape))
         calls.clear()
         monkeypatch.setattr(parallel.Linear, "forward", noted)
         got = model(x)
         assert calls == fused
         monkeypatch.setattr(parallel.Linear, "forward", forward)
         assert torch.equal(got, model.net(x).squeeze(-1))
+    assert seen == [(3000, 256)] * 2  # the model's call, then nn.Sequential's
 
 
 # 5000 rows: every product in blocks; 600 rows: float32's products in one piece, by

@@ -41,6 +41,17 @@ class LinearRegression(nn.Module):
         return x @ self.w + self.b
 
 
+def _plain_relu(module: nn.Module) -> bool:
+    """Whether `module` is an nn.ReLU no hook watches (its own, or every module's)."""
+    hooks = (
+        module._forward_hooks,
+        module._forward_pre_hooks,
+        nn.modules.module._global_forward_hooks,
+        nn.modules.module._global_forward_pre_hooks,
+    )
+    return type(module) is nn.ReLU and not any(hooks)
+
+
 class MLP(nn.Module):
     def __init__(self, n_features: int, hidden: tuple[int, ...], activation: str) -> None:
         super().__init__()
@@ -50,19 +61,15 @@ class MLP(nn.Module):
             layers += [Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
         layers.append(Linear(widths[-1], 1))
         self.net = nn.Sequential(*layers)
-        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A layer and the ReLU after it are one call (the same bits as self.net(x)): in the
-        # portable mode a wide layer then ReLUs each block of rows while it is in the cache.
-        layers, last = iter(self.net), self.net[-1]
-        for layer in layers:
-            if self.activation == "relu" and isinstance(layer, Linear) and layer is not last:
-                x = layer(x, relu=True)
-                next(layers)  # that ReLU
-            else:
-                x = layer(x)
-        return x.squeeze(-1)
+        # A layer and the plain nn.ReLU after it are one call (the same bits as self.net(x)):
+        # in the portable mode a wide layer then ReLUs each block of rows while it is in the
+        # cache. Any other activation, or a ReLU with hooks, is called as a module.
+        *hidden, last = self.net
+        for layer, activation in zip(hidden[::2], hidden[1::2], strict=True):
+            x = layer(x, relu=True) if _plain_relu(activation) else activation(layer(x))
+        return last(x).squeeze(-1)
 
 
 def build_model(

@@ -221,8 +221,10 @@ def blocked_mm(
 
 def _relu_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """The gradient before a ReLU whose output was `out`, as nn.ReLU's backward computes it
-    (threshold_backward: 0 where out <= 0), in blocks of rows on every core."""
-    before = torch.empty_like(grad)
+    (threshold_backward: 0 where out <= 0), in blocks of rows on every core. Its rows are
+    contiguous, as `out`'s and threshold_backward's are, whatever grad's layout: the sums and
+    products after it add in the order their layout sets."""
+    before = torch.empty_like(out)
 
     def block(start: int) -> None:
         part = slice(start, start + BLOCK_ROWS)
