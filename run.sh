@@ -35,7 +35,9 @@ want=$(cat requirements.lock pyproject.toml | "$python" -c 'import hashlib, sys;
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   packages=$(grep -c '^[A-Za-z0-9_.-]*==' requirements.lock)
   echo "run.sh: installing requirements.lock ($packages packages) into a new .venv, in 3 steps" >&2
-  # A new venv, not an update: a package dropped from the lock must not linger.
+  # A new venv, not an update: a package dropped from the lock must not linger. Made by the
+  # Python a venv was made from: with .venv activated, "$python" is .venv's own and goes with it.
+  python=$("$python" -c 'import sys; print(getattr(sys, "_base_executable", "") or sys.executable)')
   rm -rf .venv
   "$python" -m venv .venv
   pip=(.venv/bin/python -m pip install --quiet --no-deps)

@@ -40,6 +40,31 @@ def test_torch_nowhere_is_one_line_naming_both_remedies(setup_copy):
     assert not (setup_copy / ".venv/.installed").exists()
 
 
+@pytest.mark.slow
+def test_with_the_venv_activated_the_set_up_makes_a_new_one(setup_copy):
+    """The README has users activate .venv; when the lock changes, the set-up deletes it and
+    makes a new one. With .venv's Python first on PATH, that is not the Python to make it with:
+    it goes with the old one ('.venv/bin/python3.11: No such file or directory')."""
+    venv = setup_copy / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "TORCH_"))}
+    env |= {
+        "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",  # as `source .venv/bin/activate` does
+        "VIRTUAL_ENV": str(venv),
+        "HOME": str(setup_copy),
+        "PIP_CONFIG_FILE": "/dev/null",
+        "PIP_FIND_LINKS": "",
+        "TORCH_INDEX_URL": "",  # torch is nowhere: the set-up stops at its first step
+    }
+    result = subprocess.run(
+        ["./run.sh", "setup"], cwd=setup_copy, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2, result.stderr
+    assert "No such file" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("run.sh: error: cannot install torch")
+    assert (venv / "bin" / "python").exists()  # the new venv, made
+
+
 # What a Mac's base system has (bash 3.2, BSD grep): run.sh must need nothing more.
 MAC_TOOLS = ("bash", "env", "cat", "grep", "rm", "dirname")
 GNU_ONLY = ("sha256sum", "readlink -f", "sed -i ", "date -d", "timeout ", "grep -P", "stat -c")
