@@ -31,6 +31,14 @@ def digest(repo: Path, names=OUTPUTS) -> dict[str, str]:
     return {n: hashlib.sha256((repo / n).read_bytes()).hexdigest() for n in names}
 
 
+def size(path: Path) -> int:
+    """A file's size, 0 once it is gone (renamed into place between a listing and this)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def wait_for(predicate, timeout=60.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -114,7 +122,7 @@ def test_killed_while_writing_keeps_the_old_output(repo, sig):
     proc = start_stage(repo, "prepare")
 
     def tmp_files():
-        return [p for p in (repo / "data").glob(".train.npy.*.tmp") if p.stat().st_size > 0]
+        return [p for p in (repo / "data").glob(".train.npy.*.tmp") if size(p) > 0]
 
     wait_for(lambda: tmp_files() or proc.poll() is not None, what="prepare to start writing")
     assert proc.poll() is None, "prepare finished before it could be interrupted"
