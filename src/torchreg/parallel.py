@@ -245,8 +245,7 @@ class _LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool):
         out = blocked_mm(x, weight.T, BLOCK_ROWS, bias, relu)
-        ctx.relu = relu
-        ctx.save_for_backward(x, weight, out if relu else None)
+        ctx.save_for_backward(x, weight, out if relu else None)  # ReLU's gradient needs out
         return out
 
     @staticmethod
@@ -254,7 +253,7 @@ class _LinearFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight, out = ctx.saved_tensors
         need_x, need_w, need_b, _ = ctx.needs_input_grad
-        if ctx.relu:
+        if out is not None:
             grad = _relu_backward(grad, out)
         grad_x = blocked_mm(grad, weight, BLOCK_ROWS) if need_x else None
         # Row block j of the weight gradient is (columns j of grad).T @ x.
