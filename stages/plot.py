@@ -2,9 +2,9 @@
 the residuals. Uses matplotlib only (no torch), from the tables the other stages wrote.
 
 Reads:  params.yaml (plot.feature, train.loss), environment.yaml,
-        dvclive/plots/metrics/{train,val}_loss.tsv, data/features.json (the names, a table's
-        standardisation: the fit is drawn in the table's units), plots/predictions.tsv,
-        plots/curves.tsv, metrics/evaluate.json
+        dvclive/plots/metrics/{train,val}_loss.tsv, data/features.json (the names),
+        plots/predictions.tsv and plots/curves.tsv (a table's in its own units),
+        metrics/evaluate.json
 Writes: plots/fit.png, plots/loss.png, plots/predicted_vs_actual.png, plots/residuals.png
 """
 
@@ -71,14 +71,6 @@ def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
             "numbers: rerun dvc repro evaluate"
         ) from None
     label = f"x{feature}" if names is None else names[feature]
-    scale = prepared.get("standardize")
-    if scale:  # back to the table's own units
-        mean, std = scale["mean"][feature], scale["std"][feature]
-        pred[f"x{feature}"] = [v * std + mean for v in pred[f"x{feature}"]]
-        curve["x"] = [
-            v * std + mean if int(f) == feature else v
-            for v, f in zip(curve["x"], curve["feature"], strict=True)
-        ]
     figures = {  # the names of FIGURES
         "fit.png": fit_figure(pred, curve, feature, subtitle, label, prepared.get("target", "y")),
         "loss.png": loss_figure(loss["step"], loss["train_loss"], params.train.loss, floor, val),

@@ -100,6 +100,13 @@ class TableConfig(_Section):
     target: Annotated[str, Strict(), Field(max_length=MAX_NAME_CHARS)] = "Miles_per_Gallon"
     # Empty: every numeric column but the target, in the table's order.
     features: tuple[Name, ...] = Field(default=(), max_length=MAX_FEATURES)
+    # Text columns one-hot encoded (named here, or chosen by max_categories when features is
+    # empty); their categories come from the training split.
+    categorical: tuple[Name, ...] = Field(default=(), max_length=MAX_FEATURES)
+    # With features empty: columns not to take (an identifier, a column measured with the
+    # target).
+    exclude: tuple[Name, ...] = Field(default=(), max_length=MAX_FEATURES)
+    max_categories: Int = Field(default=20, ge=0, le=MAX_FEATURES)
     missing: Literal["refuse", "drop"] = "refuse"
     standardize: Annotated[bool, Strict()] = True
     delimiter: Annotated[str, Strict(), AfterValidator(_delimiter)] = ","
@@ -122,6 +129,25 @@ class TableConfig(_Section):
         if len(set(self.features)) != len(self.features):
             twice = sorted({f for f in self.features if self.features.count(f) > 1})
             raise ValueError(f"data.table.features names {shown(twice[0], 40)} twice")
+        if len(set(self.categorical)) != len(self.categorical):
+            twice = sorted({f for f in self.categorical if self.categorical.count(f) > 1})
+            raise ValueError(f"data.table.categorical names {shown(twice[0], 40)} twice")
+        if self.target in self.categorical:
+            raise ValueError(
+                f"data.table.categorical holds the target {shown(self.target, 40)}: the target "
+                "is a number to predict"
+            )
+        if self.features and not set(self.categorical) <= set(self.features):
+            left = [c for c in self.categorical if c not in self.features][0]
+            raise ValueError(
+                f"data.table.categorical names {shown(left, 40)}, which data.table.features "
+                "does not list: list it there too, or leave data.table.features empty"
+            )
+        if self.features and self.exclude:
+            raise ValueError(
+                "data.table.exclude applies when data.table.features is empty (every column "
+                "but the target and the excluded ones): set one or the other"
+            )
         if self.target in self.features:
             raise ValueError(
                 f"data.table.features holds the target {shown(self.target, 40)}: a feature "

@@ -139,6 +139,8 @@ def read_features(path: Path, n_features: int) -> dict | None:
         "target": record.get("target"),
         "standardize": record.get("standardize"),
     }
+    if record.get("categories"):  # a table with text columns: the columns, their categories
+        features |= {"columns": record.get("columns"), "categories": record.get("categories")}
     problem = check_features(features, n_features)
     if problem:
         raise DataError(f"{path}: {problem}: rerun the prepare stage (dvc repro prepare)")
@@ -156,6 +158,8 @@ def check_features(features: object, n_features: int) -> str | None:
         return f"it names {len(names)} features, the data has {n_features}"
     if not isinstance(features.get("target"), str):
         return "its target is not a name"
+    if "categories" in features and (problem := _layout_problem(features, names)):
+        return problem
     scale = features.get("standardize")
     if scale is None:
         return None
@@ -169,7 +173,54 @@ def check_features(features: object, n_features: int) -> str | None:
             return f"its standardisation's {key} is not {n_features} finite numbers"
     if not all(v > 0 for v in scale["std"]):
         return "its standardisation has a std that is not over 0"
+    # The target's (a model file of an older version has none: its target was not scaled).
+    target = [scale.get(key) for key in ("target_mean", "target_std")]
+    if target != [None, None] and not (
+        all(isinstance(v, float | int) and math.isfinite(v) for v in target) and target[1] > 0
+    ):
+        return "its target's standardisation is not a finite mean and a std over 0"
     return None
+
+
+def input_layout(features: dict) -> list[tuple[str, str | None]]:
+    """For each of a table model's inputs: (the table's column, the category it is 1 for, or
+    None for a number). A categorical column has one input per category, in its order."""
+    categories = features.get("categories") or {}
+    layout: list[tuple[str, str | None]] = []
+    for column in features.get("columns") or features["names"]:
+        if column in categories:
+            layout += [(column, text) for text in categories[column]]
+        else:
+            layout.append((column, None))
+    return layout
+
+
+def _layout_problem(features: dict, names: list[str]) -> str | None:
+    columns, categories = features.get("columns"), features.get("categories")
+    if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        return "its columns are not a list of names"
+    if not (
+        isinstance(categories, dict)
+        and all(
+            c in columns and isinstance(v, list) and v and all(isinstance(t, str) for t in v)
+            for c, v in categories.items()
+        )
+    ):
+        return "its categories are not lists of texts of its columns"
+    layout = input_layout(features)
+    if [c if t is None else f"{c}={t}" for c, t in layout] != names:
+        return "its feature names do not match its columns and categories"
+    return None
+
+
+def target_scale(features: dict | None) -> tuple[float, float] | None:
+    """(mean, std) of the target a model was trained on, in the table's units: its predictions
+    are `mean + std * output`. None where the target was not scaled (synthetic data, a table
+    with data.table.standardize: false, a model file of an older version)."""
+    scale = (features or {}).get("standardize") or {}
+    if scale.get("target_std") is None:
+        return None
+    return float(scale["target_mean"]), float(scale["target_std"])
 
 
 def write_sealed(path: str | Path, tensors: Mapping[str, torch.Tensor], header: dict) -> None:

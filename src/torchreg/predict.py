@@ -3,10 +3,12 @@
 The input is a CSV of feature columns, one row per prediction, with or without a header row
 (e.g. x0,x1,x2,x3); for a model trained on a table (data.source: table), a CSV with a header
 that names the table's feature columns, in any order, other columns ignored (the model file
-carries the names and the standardisation, which predict applies). `--input -` reads standard
-input. The output is each input row, its cells
-as given (surrounding spaces stripped), followed by a `predicted` column, on standard output or
-in --output. The model file (safetensors, default models/model.safetensors) holds no code.
+carries the names, the categories of its text columns and the standardisation, which predict
+applies; a category the training split never had stops the run, or with --unseen zeros gets
+all of its column's one-hot inputs at 0). Predictions are in the target's own units.
+`--input -` reads standard input. The output is each input row, its cells as given
+(surrounding spaces stripped), followed by a `predicted` column, on standard output or in
+--output. The model file (safetensors, default models/model.safetensors) holds no code.
 
 Rows are read, predicted and written CHUNK_ROWS at a time, so memory stays flat however long
 the input is. A bad row stops the run with one line naming it; --output is then left as it
@@ -40,7 +42,7 @@ from torchreg.data.table import is_number, parse_number
 from torchreg.errors import DataError, shown
 from torchreg.evaluation import predict
 from torchreg.files import atomic_path, check_writable, open_input
-from torchreg.model import TRAIN_HINT, load_model
+from torchreg.model import TRAIN_HINT, input_layout, load_model, target_scale
 
 DEFAULT_MODEL = Path("models/model.safetensors")
 STDIO = Path("-")
@@ -65,6 +67,8 @@ def is_header(cells: list[str]) -> bool:
 class RowReader:
     """The rows of a CSV, checked and parsed a chunk at a time; every problem names the
     input, the row and what was expected. Blank lines are skipped (and not counted)."""
+
+    unseen_as_zeros = False  # a category the model has not seen: an error, or all-zeros
 
     def __init__(self, f: TextIO, name: str, n_features: int, features: dict | None = None) -> None:
         """`features`: a table model's names and standardisation (model.features): the input
@@ -100,7 +104,12 @@ class RowReader:
             self.header, self._pending = [f"x{j}" for j in range(n_features)], [first]
 
     def _find_columns(self, cells: list[str]) -> None:
-        names = self.features["names"]
+        self.layout = input_layout(self.features)
+        self.categories = {
+            column: {text: k for k, text in enumerate(texts)}
+            for column, texts in (self.features.get("categories") or {}).items()
+        }
+        names = list(dict.fromkeys(column for column, _ in self.layout))
         if not self.has_header:
             raise DataError(
                 f"{self.name}: the first row is not a header: this model was trained on a "
@@ -119,6 +128,7 @@ class RowReader:
                 f"{self.name}: column {shown(twice[0], 40)} appears twice in the header"
             )
         self.index = [cells.index(n) for n in names]
+        self.columns = names
         self.header, self._pending, self._number = cells, [], 1
 
     def _lines(self, f: TextIO) -> Iterator[str]:
@@ -195,30 +205,49 @@ class RowReader:
     def _parse_named(self, batch: list[list[str]]) -> tuple[list[str], np.ndarray]:
         """A table model's chunk: its feature cells by name, parsed in float64 and standardised
         exactly as the prepare stage standardised the training rows, then float32."""
-        values = np.empty((len(batch), self.n_features), dtype=np.float64)
-        width, names = len(self.header), self.features["names"]
+        values = np.zeros((len(batch), self.n_features), dtype=np.float64)
+        width, names = len(self.header), self.columns
         for i, row in enumerate(batch):
             where = f"{self.name}: row {self._number + 1 + i}"
             if len(row) != width:
                 raise DataError(f"{where} has {len(row)} columns, the header has {width}")
-            for j, k in enumerate(self.index):
+            j = 0  # the input the next column starts at
+            for name, k in zip(names, self.index, strict=True):
+                if name in self.categories:
+                    known = self.categories[name]
+                    if row[k] in known:
+                        values[i, j + known[row[k]]] = 1.0
+                    elif not row[k] or not self.unseen_as_zeros:
+                        raise self._unseen(where, name, row[k], list(known))
+                    j += len(known)
+                    continue
                 cell = row[k].strip()
                 try:
                     values[i, j] = parse_number(cell)
                 except ValueError:
                     what = "is empty" if not cell else f"holds {shown(cell, 40)}, not a number"
-                    raise DataError(f"{where}, column {shown(names[j], 40)} {what}") from None
+                    raise DataError(f"{where}, column {shown(name, 40)} {what}") from None
                 if not abs(values[i, j]) <= FLOAT32_MAX:
                     raise DataError(
-                        f"{where}, column {shown(names[j], 40)}: {cell} is not a finite number "
+                        f"{where}, column {shown(name, 40)}: {cell} is not a finite number "
                         f"within float32 (+-{FLOAT32_MAX:.4g})"
                     )
+                j += 1
         scale = self.features.get("standardize")
         if scale is not None:
             values = (values - np.array(scale["mean"])) / np.array(scale["std"])
         out = io.StringIO()
         csv.writer(out, lineterminator="\n").writerows([c.strip() for c in row] for row in batch)
         return out.getvalue().splitlines(), values.astype(np.float32)
+
+    def _unseen(self, where: str, column: str, cell: str, known: list[str]) -> DataError:
+        if not cell:
+            return DataError(f"{where}, column {shown(column, 40)} is empty")
+        return DataError(
+            f"{where}, column {shown(column, 40)}: {shown(cell, 40)} is not a category the "
+            f"model was trained on ({shown(known, 120)}); --unseen zeros predicts such a row "
+            "with all of the column's one-hot inputs at 0"
+        )
 
     def _check(self, row: list[str], number: int) -> tuple[str, list[float]]:
         where = f"{self.name}: row {number}"
@@ -290,7 +319,11 @@ def check_paths(input_path: Path, output: Path | None, model: Path | None = None
 
 
 def run(
-    model_path: Path, input_path: Path, output: Path | None, missing_hint: str | None = None
+    model_path: Path,
+    input_path: Path,
+    output: Path | None,
+    missing_hint: str | None = None,
+    unseen: str = "error",
 ) -> int:
     """Predict every row of `input_path` ("-": standard input) into `output` (None or "-":
     standard output); returns the number of rows predicted."""
@@ -321,6 +354,7 @@ def run(
         source, name = io.TextIOWrapper(binary, encoding="utf-8-sig", newline=""), str(input_path)
     with source:
         reader = RowReader(source, name, n_features, getattr(model, "features", None))
+        reader.unseen_as_zeros = unseen == "zeros"
         if to_stdout:
             try:
                 return _predict_into(sys.stdout, reader, model)
@@ -342,8 +376,11 @@ def _drop_stdout() -> None:
 
 def _predict_into(out: TextIO, reader: RowReader, model: torch.nn.Module) -> int:
     rows = 0
+    scale = target_scale(getattr(model, "features", None))
     for texts, x in reader.chunks():
         predicted = predict(model, x)
+        if scale is not None:  # back to the table's units, in float64
+            predicted = predicted.double() * scale[1] + scale[0]
         finite = torch.isfinite(predicted)
         if not bool(finite.all()):
             i = int((~finite).nonzero()[0])
@@ -384,9 +421,16 @@ def main(argv: list[str] | None = None) -> None:
         help="CSV to write: the input rows plus a `predicted` column; - is standard output "
         "(default: standard output)",
     )
+    parser.add_argument(
+        "--unseen",
+        choices=("error", "zeros"),
+        default="error",
+        help="a text a categorical column's training split never had: error (stop, naming the "
+        "row; the default) or zeros (all of that column's one-hot inputs 0)",
+    )
     args = parser.parse_args(argv)
     hint = TRAIN_HINT if args.model == DEFAULT_MODEL else None
-    run_main("predict", lambda: run(args.model, args.input, args.output, hint))
+    run_main("predict", lambda: run(args.model, args.input, args.output, hint, args.unseen))
 
 
 if __name__ == "__main__":

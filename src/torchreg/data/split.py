@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,15 +47,25 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
-def row_hash(values: np.ndarray, seed: int, order: Sequence[int] | None = None) -> np.ndarray:
+def row_hash(
+    values: np.ndarray,
+    seed: int,
+    order: Sequence[int] | None = None,
+    text: Mapping[int, np.ndarray] | None = None,
+) -> np.ndarray:
     """A uint64 per row of float64 `values` (its columns taken in `order`, default as they
-    are) and `seed`."""
+    are) and `seed`. A column j in `text` holds category codes, which stand for the bits
+    text[j][code] (a hash of the category's text) instead of their own."""
     order = range(values.shape[1]) if order is None else order
+    text = text or {}
     with np.errstate(over="ignore"):
         h = np.full(len(values), np.uint64(stream_seed(seed, "split")), dtype=np.uint64)
         for position, j in enumerate(order):
-            column = values[:, j] + 0.0  # a contiguous copy; -0.0 and 0.0 are one value
-            h = _mix(h ^ (column.view(np.uint64) + _GOLDEN * np.uint64(position + 1)))
+            if j in text:
+                bits = text[j][values[:, j].astype(np.int64)]
+            else:
+                bits = (values[:, j] + 0.0).view(np.uint64)  # a copy; -0.0 and 0.0 are one
+            h = _mix(h ^ (bits + _GOLDEN * np.uint64(position + 1)))
     return h
 
 
@@ -65,9 +75,10 @@ def assign(
     val_fraction: float,
     test_fraction: float,
     order: Sequence[int] | None = None,
+    text: Mapping[int, np.ndarray] | None = None,
 ) -> np.ndarray:
     """0 (train), 1 (val) or 2 (test) for each row: its hash as a uniform number in [0, 1)."""
-    u = (row_hash(values, seed, order) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    u = (row_hash(values, seed, order, text) >> np.uint64(11)).astype(np.float64) * 2.0**-53
     return np.where(u < test_fraction, 2, np.where(u < test_fraction + val_fraction, 1, 0))
 
 
@@ -75,12 +86,16 @@ def assign(
 class Prepared:
     """What prepare found: the columns, the rows of each split, the rows dropped."""
 
-    features: list[str]
+    features: list[str]  # the model's inputs: a categorical column's one-hot columns
     target: str
     rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     dropped: int = 0
     mean: list[float] | None = None
     std: list[float] | None = None
+    target_mean: float | None = None
+    target_std: float | None = None
+    columns: list[str] = field(default_factory=list)  # the table's feature columns
+    categories: dict[str, list[str]] = field(default_factory=dict)
 
     def record(self, source: str) -> dict:
         out = {
@@ -89,26 +104,35 @@ class Prepared:
             "target": self.target,
             "rows": self.rows,
             "dropped_rows": self.dropped,
+            **({"columns": self.columns, "categories": self.categories} if self.columns else {}),
             "standardize": None,
         }
         if self.mean is not None:
-            out["standardize"] = {"mean": self.mean, "std": self.std}
+            out["standardize"] = {
+                "mean": self.mean,
+                "std": self.std,
+                "target_mean": self.target_mean,
+                "target_std": self.target_std,
+            }
         return out
 
 
 def prepare_table(cfg: DataConfig, out: dict[str, Path], features_path: Path) -> Prepared:
-    """Read the table, split it, standardise it and write the three data files and
+    """Read the table, split it, encode and standardise it and write the three data files and
     features.json; nothing is replaced unless every step succeeded."""
     table = Table(cfg.table)
+    table.settle()
     t = cfg.table
+    kinds = [f"{c} (categorical)" if c in table.categorical else c for c in table.features]
     log.info(
-        "%s: target %s, %d features (%s)%s",
+        "%s: target %s, %d feature columns: %s",
         table.name,
         t.target,
         len(table.features),
-        shown(table.features, 120),
-        f"; ignored: {shown(table.ignored, 120)}" if table.ignored else "",
+        ", ".join(kinds),
     )
+    if table.ignored:
+        log.info("%s: not used: %s", table.name, ", ".join(table.ignored))
     result = Prepared(table.features, t.target)
     # Hashed in the order of the columns' names: listing the features in another order
     # leaves every row in its split.
@@ -118,7 +142,9 @@ def prepare_table(cfg: DataConfig, out: dict[str, Path], features_path: Path) ->
         files = {s: stack.enter_context(raw[s].open("wb")) for s in SPLITS}
         for first_row, block in table.batches():
             block = _handle_missing(block, first_row, table, t.missing, result)
-            codes = assign(block, cfg.seed, t.val_fraction, t.test_fraction, order)
+            codes = assign(
+                block, cfg.seed, t.val_fraction, t.test_fraction, order, table.hash_bits()
+            )
             # One gather for the three splits, each keeping the table's order (a stable sort).
             grouped = block[np.argsort(codes, kind="stable")]
             ends = np.cumsum(np.bincount(codes, minlength=len(SPLITS)))
@@ -128,23 +154,101 @@ def prepare_table(cfg: DataConfig, out: dict[str, Path], features_path: Path) ->
         for f in files.values():
             f.close()
         _check_counts(result, table.name, t.missing)
-        columns = len(table.features) + 1
+        encode = OneHot(table, raw["train"])
+        if table.categorical:
+            result.features, result.columns = encode.names, list(table.features)
+            result.categories = encode.categories
+            for name, texts in encode.categories.items():
+                log.info("%s: %s one-hot: %s", table.name, name, ", ".join(texts))
+        width = len(result.features) + 1
         if t.standardize:
-            result.mean, result.std = _moments(raw["train"], columns)
-            constant = [n for n, s in zip(table.features, result.std, strict=True) if s == 0]
+            mean, std = _moments(lambda: encode.chunks(raw["train"]), width)
+            result.mean, result.std = mean[:-1], std[:-1]
+            result.target_mean, result.target_std = mean[-1], std[-1]
+            if result.target_std == 0:
+                raise DataError(
+                    f"{table.name}: the target {shown(t.target, 40)} is constant on the "
+                    f"training split (every value {result.target_mean:g}): there is nothing to "
+                    "predict"
+                )
+            constant = [n for n, s in zip(result.features, result.std, strict=True) if s == 0]
             if constant:
                 raise DataError(
                     f"{table.name}: feature {shown(constant[0], 40)} is constant on the training "
                     f"split (its std is 0): leave it out of data.table.features, or set "
                     "data.table.standardize: false"
                 )
+        scale = None
+        if result.mean is not None:
+            scale = ([*result.mean, result.target_mean], [*result.std, result.target_std])
         for split in SPLITS:
-            blocks = _standardized(raw[split], columns, result.mean, result.std)
-            write_rows(out[split], result.rows[split], columns, blocks)
+            blocks = _standardized(encode.chunks(raw[split], split), scale)
+            write_rows(out[split], result.rows[split], width, blocks)
+            unseen = encode.unseen.pop(split, 0)
+            if unseen:
+                log.info(
+                    "%s: %d %s rows have a category the training split lacks (its one-hot "
+                    "columns are all 0)",
+                    table.name,
+                    unseen,
+                    split,
+                )
     write_json(features_path, result.record("table"))
     if result.dropped:
         log.info("dropped %d rows with a missing value (data.table.missing: drop)", result.dropped)
     return result
+
+
+class OneHot:
+    """A table's rows (features, categories as codes, then the target) to the model's inputs:
+    each categorical column becomes one 0/1 column per category of the training split, sorted
+    by its text; a category the training split lacks gets 0 in all of them."""
+
+    def __init__(self, table: Table, train: Path) -> None:
+        self.columns = len(table.features) + 1
+        self.names: list[str] = []
+        self.categories: dict[str, list[str]] = {}
+        self.lookup: dict[int, np.ndarray] = {}  # position -> code -> one-hot column or -1
+        self.unseen: dict[str, int] = {}
+        present = {j: set() for j, c in enumerate(table.features) if c in table.categorical}
+        if present:
+            for chunk in _chunks(train, self.columns):
+                for j, codes in present.items():
+                    codes.update(np.unique(chunk[:, j]).astype(np.int64).tolist())
+        for j, name in enumerate(table.features):
+            if j not in present:
+                self.names.append(name)
+                continue
+            texts = sorted(table.texts[name][code] for code in present[j])
+            self.categories[name] = texts
+            lookup = np.full(len(table.texts[name]), -1, dtype=np.int64)
+            for k, text in enumerate(texts):
+                lookup[table.codes[name][text]] = k
+            self.lookup[j] = lookup
+            self.names += [f"{name}={text}" for text in texts]
+
+    def chunks(self, path: Path, split: str = "") -> Iterator[np.ndarray]:
+        """The rows of a scratch file, CHUNK_ROWS at a time, as the model's inputs; the rows
+        of a category the training split lacks are counted in unseen[split]."""
+        for chunk in _chunks(path, self.columns):
+            yield self(chunk, split)
+
+    def __call__(self, chunk: np.ndarray, split: str = "") -> np.ndarray:
+        if not self.lookup:
+            return chunk
+        parts = []
+        for j in range(self.columns):
+            if j not in self.lookup:
+                parts.append(chunk[:, j : j + 1])
+                continue
+            k = self.lookup[j][chunk[:, j].astype(np.int64)]
+            hot = np.zeros((len(chunk), int(self.lookup[j].max()) + 1))
+            seen = k >= 0
+            hot[np.flatnonzero(seen), k[seen]] = 1.0
+            if not seen.all():
+                self.unseen[split] = self.unseen.get(split, 0) + int((~seen).sum())
+            parts.append(hot)
+        return np.concatenate(parts, axis=1)
 
 
 def _handle_missing(
@@ -206,26 +310,25 @@ def _chunks(path: Path, columns: int) -> Iterator[np.ndarray]:
             yield chunk.reshape(-1, columns)
 
 
-def _moments(path: Path, columns: int) -> tuple[list[float], list[float]]:
-    """Each feature's mean and (population) standard deviation, two passes in float64: the
-    chunks' sums (each numpy's pairwise sum of one contiguous column) added in order. A feature
-    whose values are all equal has std 0 exactly (its mean may be off by a rounding: 0.1 * 3
-    / 3 is not 0.1, and the std of what is left would not be 0)."""
-    features = columns - 1
-    n, total = 0, np.zeros(features)
-    low, high = np.full(features, np.inf), np.full(features, -np.inf)
-    for chunk in _chunks(path, columns):
+def _moments(
+    chunks: Callable[[], Iterable[np.ndarray]], columns: int
+) -> tuple[list[float], list[float]]:
+    """Each column's mean and (population) standard deviation, the target's last, two passes
+    in float64: the chunks' sums (each numpy's pairwise sum of one contiguous column) added in
+    order. A column whose values are all equal has std 0 exactly (its mean may be off by a
+    rounding: 0.1 * 3 / 3 is not 0.1, and the std of what is left would not be 0)."""
+    n, total = 0, np.zeros(columns)
+    low, high = np.full(columns, np.inf), np.full(columns, -np.inf)
+    for chunk in chunks():
         n += len(chunk)
-        total += [np.add.reduce(np.ascontiguousarray(chunk[:, j])) for j in range(features)]
-        low = np.minimum(low, chunk[:, :features].min(axis=0))
-        high = np.maximum(high, chunk[:, :features].max(axis=0))
+        total += [np.add.reduce(np.ascontiguousarray(chunk[:, j])) for j in range(columns)]
+        low = np.minimum(low, chunk.min(axis=0))
+        high = np.maximum(high, chunk.max(axis=0))
     mean = total / n
-    squares = np.zeros(features)
-    for chunk in _chunks(path, columns):
-        centred = chunk[:, :features] - mean
-        squares += [
-            np.add.reduce(np.ascontiguousarray(centred[:, j] ** 2)) for j in range(features)
-        ]
+    squares = np.zeros(columns)
+    for chunk in chunks():
+        centred = chunk - mean
+        squares += [np.add.reduce(np.ascontiguousarray(centred[:, j] ** 2)) for j in range(columns)]
     std = [  # math.sqrt: the exact instruction
         0.0 if lo == hi else math.sqrt(s / n) for s, lo, hi in zip(squares, low, high, strict=True)
     ]
@@ -233,9 +336,11 @@ def _moments(path: Path, columns: int) -> tuple[list[float], list[float]]:
 
 
 def _standardized(
-    path: Path, columns: int, mean: list[float] | None, std: list[float] | None
+    chunks: Iterable[np.ndarray], scale: tuple[list[float], list[float]] | None
 ) -> Iterator[np.ndarray]:
-    for chunk in _chunks(path, columns):
-        if mean is not None:
-            chunk[:, :-1] = (chunk[:, :-1] - np.array(mean)) / np.array(std)
+    """The rows, each column (the target too) centred and scaled by `scale` (means, stds) in
+    float64, or as they are."""
+    for chunk in chunks:
+        if scale is not None:
+            chunk = (chunk - np.array(scale[0])) / np.array(scale[1])
         yield chunk

@@ -5,6 +5,13 @@ of BLOCK_BYTES at a time (a row longer than that is refused), a Parquet file a b
 CHUNK_ROWS rows at a time. Text is turned into numbers by Arrow's parser, which rounds
 correctly (the same float64 on every CPU).
 
+Text columns become features one-hot encoded (data.table.categorical, or chosen when
+data.table.features is empty: a text column with 2 to data.table.max_categories distinct
+values, and fewer than half as many as the table's rows). Here a category is read as a code:
+the position of its text among the texts the column has shown so far, in the order of the
+file; the split turns codes into one-hot columns of the training split's categories. A boolean
+column (true/false cells) is a number, 1 or 0.
+
 Rows are numbered as a person reading the file would: in a CSV the header is row 1 and the
 first data row is row 2 (a quoted cell spanning lines still counts as one row); in a Parquet
 file the first row is row 1. Every problem names the file, the column and the row.
@@ -12,6 +19,7 @@ file the first row is row 1. Every problem names the file, the column and the ro
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +48,24 @@ NOT_UTF8 = "save the table as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
 
 
 def is_numeric(kind: pa.DataType) -> bool:
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+    """Numbers, and booleans (1 and 0)."""
+    return (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_boolean(kind)
+    )
+
+
+def is_text(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def text_hash(text: str) -> int:
+    """A category's part in a row's hash (split.row_hash): 64 bits of BLAKE2b of its UTF-8."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 class Table:
@@ -83,25 +108,112 @@ class Table:
             raise DataError(  # a header alone: no column has a type
                 f"{self.name}: no values below its header row (columns: {shown(self.columns, 200)})"
             )
+        for name in cfg.categorical:
+            self._check_named(name, "data.table.categorical")
+        for name in cfg.exclude:
+            self._check_named(name, "data.table.exclude")
+        left_out = {cfg.target, *cfg.exclude}
+        self.schema = schema
+        # Numbers named in data.table.categorical are read as text too (a code such as a
+        # postcode); a text column named in data.table.features alone is read as numbers
+        # (its first cell that is not one is named).
+        text = {f.name for f in schema if is_text(f.type)}
         if cfg.features:
             self.features = list(cfg.features)
+            self.categorical = set(cfg.categorical)
+            self.candidates: list[str] = []
         else:
-            self.features = [f.name for f in schema if f.name != cfg.target and is_numeric(f.type)]
+            self.categorical = set(cfg.categorical)
+            self.candidates = [  # settled by settle(): at most max_categories distinct values
+                f.name
+                for f in schema
+                if f.name not in left_out and f.name in text and f.name not in self.categorical
+            ]
+            self.features = [
+                f.name
+                for f in schema
+                if f.name not in left_out
+                and (is_numeric(f.type) or f.name in self.categorical or f.name in self.candidates)
+            ]
             if not self.features:
                 raise DataError(
-                    f"{self.name}: no numeric column besides the target {shown(cfg.target, 40)} "
-                    f"(columns: {shown(self.columns, 200)}): name the features in "
-                    "data.table.features"
+                    f"{self.name}: no numeric or text column besides the target "
+                    f"{shown(cfg.target, 40)} (columns: {shown(self.columns, 200)}): name the "
+                    "features in data.table.features"
                 )
         self.ignored = [c for c in self.columns if c not in {*self.features, cfg.target}]
-        if self.parquet:
-            for name in [*self.features, cfg.target]:
-                kind = schema.field(name).type
-                if not (is_numeric(kind) or pa.types.is_null(kind)):
-                    raise DataError(
-                        f"{self.name}: column {shown(name, 40)} holds {kind}, not numbers: "
-                        "features and the target must be numeric columns"
+        for name in [*self.features, cfg.target]:
+            kind = schema.field(name).type
+            if name in self.categorical or (self.parquet and pa.types.is_null(kind)):
+                continue
+            if name == cfg.target and is_text(kind) and not self.parquet:
+                continue  # a CSV's cells are read as numbers: the first bad cell is named
+            if not is_numeric(kind) and (self.parquet or name == cfg.target):
+                raise DataError(
+                    f"{self.name}: column {shown(name, 40)} holds {kind}, not numbers: "
+                    + (
+                        "the target must be a numeric column"
+                        if name == cfg.target
+                        else "name it in data.table.categorical to one-hot encode it"
                     )
+                )
+        # A categorical column's texts by code, each text's code and each code's hash.
+        self.texts: dict[str, list[str]] = {c: [] for c in self.categorical}
+        self.codes: dict[str, dict[str, int]] = {c: {} for c in self.categorical}
+        self.hashes: dict[str, list[int]] = {c: [] for c in self.categorical}
+
+    def settle(self) -> None:
+        """Decide the candidate text columns (data.table.features empty): a column is a
+        feature when it has at least 2 and at most data.table.max_categories distinct values,
+        and fewer than half as many as the table has rows; the others are ignored. Reads those
+        columns once (a column past the limit in the first block is decided without reading
+        on)."""
+        if not self.candidates:
+            return
+        limit, rows = self.cfg.max_categories, 0
+        seen: dict[str, set[str]] = {c: set() for c in self.candidates}
+        with self._open() as f, _arrow_file(f) as source:
+            for batch in self._read_csv_or_parquet(source, self.candidates, pa.string()):
+                rows += batch.num_rows
+                for name in list(seen):
+                    values = pc.unique(batch.column(name).cast(pa.string())).drop_null()
+                    seen[name].update(values.to_pylist())
+                    if len(seen[name]) > limit:
+                        del seen[name]
+                if not seen:
+                    break
+        chosen = {c for c, values in seen.items() if len(values) >= 2 and 2 * len(values) < rows}
+        self.categorical |= chosen
+        self.features = [c for c in self.features if c not in self.candidates or c in chosen]
+        self.ignored = [c for c in self.columns if c not in {*self.features, self.cfg.target}]
+        self.texts |= {c: [] for c in chosen}
+        self.codes |= {c: {} for c in chosen}
+        self.hashes |= {c: [] for c in chosen}
+        self.candidates = []
+        if not self.features:
+            raise DataError(
+                f"{self.name}: no numeric column, and no text column with at most "
+                f"{limit} distinct values (data.table.max_categories), besides the target "
+                f"{shown(self.cfg.target, 40)}: name the features in data.table.features"
+            )
+
+    def _read_csv_or_parquet(
+        self, source: pa.NativeFile, columns: list[str], text: pa.DataType
+    ) -> Iterator[pa.RecordBatch]:
+        if self.parquet:
+            parquet = pq.ParquetFile(source)
+            for group in range(parquet.num_row_groups):
+                yield from parquet.iter_batches(
+                    batch_size=CHUNK_ROWS, columns=columns, row_groups=[group]
+                )
+            return
+        options = self._csv_options()
+        options["convert_options"] = pcsv.ConvertOptions(
+            include_columns=columns,
+            column_types=dict.fromkeys(columns, text),
+            strings_can_be_null=True,
+        )
+        yield from pcsv.open_csv(source, **options)
 
     def _open(self) -> BinaryIO:
         try:
@@ -148,6 +260,15 @@ class Table:
 
     def _csv_options(self, types: pa.DataType | None = None) -> dict:
         columns = [*self.features, self.cfg.target] if types is not None else None
+        kinds = None
+        if columns:
+            kinds = dict.fromkeys(columns, types)
+        if columns and types == pa.float64():  # booleans stay booleans, categories text
+            for name in columns:
+                if name in self.categorical:
+                    kinds[name] = pa.string()
+                elif pa.types.is_boolean(self.schema.field(name).type):
+                    kinds[name] = pa.bool_()
         return {
             "read_options": pcsv.ReadOptions(block_size=BLOCK_BYTES),
             "parse_options": pcsv.ParseOptions(
@@ -155,7 +276,7 @@ class Table:
             ),
             "convert_options": pcsv.ConvertOptions(
                 include_columns=columns,
-                column_types=dict.fromkeys(columns, types) if columns else None,
+                column_types=kinds,
                 # read as text (_not_a_number), an empty cell is null too, not '' (no number)
                 strings_can_be_null=True,
             ),
@@ -232,26 +353,66 @@ class Table:
                 if batch is None:
                     break
                 bad = [
-                    (_first_bad(c), name)
+                    (_first_bad(c, self._kind(name)), name)
                     for name, c in zip(batch.schema.names, batch.columns, strict=True)
+                    if name not in self.categorical
                 ]
                 bad = [(i, name) for i, name in bad if i is not None]
                 if bad:
                     i, name = min(bad)
                     cell = batch.column(name)[i].as_py()
+                    what = "true or false" if self._kind(name) == pa.bool_() else "a number"
+                    hint = ""
+                    if what == "a number" and name != self.cfg.target:
+                        hint = " (a column of categories: name it in data.table.categorical)"
                     return DataError(
                         f"{self.name}: row {row + i}, column {shown(name, 40)}: "
-                        f"{shown(cell, 40)} is not a number"
+                        f"{shown(cell, 40)} is not {what}{hint}"
                     )
                 row += batch.num_rows
         return DataError(f"{self.name}: a value is not a number")
 
+    def _kind(self, name: str) -> pa.DataType:
+        """What a feature's or the target's cells must be: booleans or numbers."""
+        return pa.bool_() if pa.types.is_boolean(self.schema.field(name).type) else pa.float64()
+
     def _text_batches(self, source: pa.NativeFile) -> Iterator[pa.RecordBatch]:
         yield from pcsv.open_csv(source, **self._csv_options(pa.string()))
+
+    def _codes(self, name: str, column: pa.Array) -> np.ndarray:
+        """A categorical column's codes (float64, NaN where a cell is missing), new texts
+        getting the next codes."""
+        encoded = pc.dictionary_encode(column.cast(pa.string()))
+        codes, texts = self.codes[name], self.texts[name]
+        lookup = []
+        for text in encoded.dictionary.to_pylist():
+            if text not in codes:
+                codes[text] = len(texts)
+                texts.append(text)
+                self.hashes[name].append(text_hash(text))
+            lookup.append(codes[text])
+        indices = encoded.indices.to_numpy(zero_copy_only=False)  # float64, NaN where null
+        out = np.full(len(indices), np.nan)
+        known = ~np.isnan(indices)
+        out[known] = np.array(lookup, dtype=np.float64)[indices[known].astype(np.int64)]
+        return out
+
+    def hash_bits(self) -> dict[int, np.ndarray]:
+        """For each categorical column (by its position among the features), the 64 bits its
+        codes stand for in a row's hash: a hash of the text, so a row's split depends on what
+        its cells say, never on the order in which the file showed the categories."""
+        return {
+            j: np.array(self.hashes[name], dtype=np.uint64)
+            for j, name in enumerate(self.features)
+            if name in self.categorical
+        }
 
     def _as_array(self, batch: pa.RecordBatch, row: int) -> np.ndarray:
         columns, beyond = [], []
         for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            if name in self.categorical:
+                columns.append(self._codes(name, column))
+                continue
             try:
                 values = column if column.type == pa.float64() else pc.cast(column, pa.float64())
             except pa.ArrowException as exc:  # a decimal beyond float64, an odd Parquet type
@@ -275,22 +436,22 @@ class Table:
         return np.column_stack(columns)
 
 
-def _parses(column: pa.Array) -> bool:
+def _parses(column: pa.Array, kind: pa.DataType) -> bool:
     try:
-        pc.cast(column, pa.float64())
+        pc.cast(column, kind)
     except pa.ArrowInvalid:
         return False
     return True
 
 
-def _first_bad(column: pa.Array) -> int | None:
-    """The index of the first cell Arrow cannot read as a number (by halves: a few casts)."""
-    if _parses(column):
+def _first_bad(column: pa.Array, kind: pa.DataType) -> int | None:
+    """The index of the first cell Arrow cannot read as `kind` (by halves: a few casts)."""
+    if _parses(column, kind):
         return None
     lo, hi = 0, len(column)  # column[:lo] parses, column[:hi] does not
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _parses(column.slice(0, mid)) else (lo, mid)
+        lo, hi = (mid, hi) if _parses(column.slice(0, mid), kind) else (lo, mid)
     return lo
 
 
