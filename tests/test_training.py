@@ -12,6 +12,7 @@ from torchreg.training import (
     LOSSES,
     AutogradStep,
     DataParallelStep,
+    FastLinearAdam,
     FastLinearSGD,
     divergence_limit,
     epoch_lrs,
@@ -267,7 +268,7 @@ def test_the_step_fits_the_model_the_optimizer_and_the_processes(params, tmp_pat
     cpu = RunContext(torch.device("cpu"))
     adam = params.train.model_copy(update={"optimizer": "adam"})
     assert type(make_step(linear, params.train, cpu)) is FastLinearSGD
-    assert type(make_step(linear, adam, cpu)) is AutogradStep
+    assert type(make_step(linear, adam, cpu)) is FastLinearAdam
     assert type(make_step(mlp, params.train, cpu)) is AutogradStep
     assert isinstance(make_step(mlp, adam, cpu).optimizer, torch.optim.Adam)
     assert type(make_step(mlp, params.train, cpu).optimizer) is torch.optim.SGD

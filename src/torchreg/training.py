@@ -8,6 +8,9 @@ a time and cut into batches.
 What one step does is a strategy chosen once (`make_step`):
 - FastLinearSGD: the tutorial's linear model with plain SGD, its gradient written out by hand
   (no autograd graph per step; tests check it against autograd);
+- FastLinearAdam: the linear model with Adam, autograd's own ops called without a graph and
+  torch's fused Adam kernel on the optimizer's own state (the same bits as AutogradStep,
+  tests/test_adam_step.py), at a fraction of the step's Python cost;
 - AutogradStep: any model and optimizer through autograd and torch.optim;
 - DataParallelStep: the same under torchrun, each rank taking its share of every batch.
 
@@ -463,6 +466,8 @@ def make_step(model: nn.Module, cfg: TrainConfig, ctx: RunContext) -> Step:
         return DataParallelStep(model, cfg, ctx)
     if isinstance(model, LinearRegression) and cfg.optimizer == "sgd":
         return FastLinearSGD(model, cfg)
+    if isinstance(model, LinearRegression) and ctx.device.type == "cpu":
+        return FastLinearAdam(model, cfg)
     return AutogradStep(model, cfg)
 
 
@@ -729,6 +734,110 @@ class AutogradStep(Step):
                 self.trained.parameters(), self.averaged.module.parameters(), strict=True
             ):
                 mine.copy_(mean)
+
+
+class FastLinearAdam(AutogradStep):
+    """AutogradStep's fused Adam on x @ w + b (on the CPU), bit for bit, without autograd or
+    torch.optim's Python work per step: the forward and the loss are the very ops autograd
+    runs, the gradient is the ops its backward runs (the loss's backward formula, then mv's
+    and the bias's: x.T @ g and g.sum()), and the update is the kernel Adam(fused=True) calls,
+    torch._fused_adam_, on w and b with the optimizer's own state tensors. So the optimizer, its
+    lr scheduler, the AveragedModel and every state_dict are AutogradStep's; the average is
+    AveragedModel's update written out. tests/test_adam_step.py checks the bits against
+    AutogradStep's."""
+
+    def __init__(self, model: LinearRegression, cfg: TrainConfig) -> None:
+        super().__init__(model, cfg)
+        self.loss = cfg.loss
+        # Detached aliases of the weights and of their average, updated in place as torch.optim
+        # and AveragedModel update them (under no_grad); load_state_dict copies into them.
+        self.params = [model.w.detach(), model.b.detach()]
+        self.means = (
+            None if self.averaged is None else [p.detach() for p in self.averaged.parameters()]
+        )
+        self.group = self.optimizer.param_groups[0]
+        self.adam: tuple[list[torch.Tensor], ...] | None = None  # exp_avgs, exp_avg_sqs, steps
+        self.ones = [torch.ones(())] * 2  # what each step count grows by
+        self.scales: dict[int, torch.Tensor] = {}  # rows -> the loss's dloss/dprediction factor
+
+    def _scale(self, n: int) -> torch.Tensor:
+        """d(mean loss)/d(per-row loss) as the loss's backward has it in float32: 1 / n from
+        mean's backward (l1_loss), mse_loss's and huber_loss's 2. / n and 1. / n."""
+        scale = torch.tensor((2.0 if self.loss == "mse" else 1.0) / n, dtype=torch.float32)
+        self.scales[n] = scale
+        return scale
+
+    def _adam_state(self) -> tuple[list[torch.Tensor], ...]:
+        """The optimizer's state tensors per weight (kept until load_state_dict), made on the
+        first step as Adam's _init_group makes them for fused=True (a float32 step count)."""
+        optimizer = self.optimizer
+        for p in self.group["params"]:
+            if not optimizer.state[p]:
+                optimizer.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float32, device=p.device),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+        states = [optimizer.state[p] for p in self.group["params"]]
+        optimizer._opt_called = True  # what the lr scheduler checks: a step came before its own
+        self.adam = tuple([state[k] for state in states] for k in ("exp_avg", "exp_avg_sq", "step"))
+        return self.adam
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, m: int, total: torch.Tensor) -> None:
+        w, b = params = self.params
+        pred = torch.mv(x, w).add_(b)  # x @ w + b (matmul of a matrix and a vector is mv)
+        n = len(y)
+        scale = self.scales.get(n)
+        if scale is None:
+            scale = self._scale(n)
+        if self.loss == "mae":  # l1_loss is (pred - y).abs().mean(); backward: sgn(r) / n
+            loss = torch._C._nn.l1_loss(pred, y, 1)
+            g = pred.sub_(y).sign_().mul_(scale)
+        elif self.loss == "mse":
+            loss = torch._C._nn.mse_loss(pred, y, 1)
+            g = pred.sub_(y).mul_(scale)
+        else:
+            loss = torch._C._nn.huber_loss(pred, y, 1, HUBER_DELTA)
+            g = pred.sub_(y).clamp_(-HUBER_DELTA, HUBER_DELTA).mul_(scale)
+        grads = [torch.mv(x.T, g), g.sum()]  # mv's backward for w; the bias's sum_to for b
+        exp_avgs, exp_avg_sqs, steps = self.adam or self._adam_state()
+        group = self.group
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, self.ones)
+        torch._fused_adam_(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            amsgrad=False,
+            maximize=False,
+        )
+        total.add_(loss, alpha=m)
+        if self.averaging:
+            self._average()
+
+    def _average(self) -> None:
+        """AveragedModel.update_parameters for the CPU's path: the first call copies the weights,
+        each later one sets mean = mean + (w - mean) / (n_averaged + 1); then n_averaged += 1."""
+        n_averaged = self.averaged.n_averaged
+        if n_averaged.item() == 0:
+            torch._foreach_copy_(self.means, self.params)
+        else:
+            change = torch._foreach_sub(self.params, self.means)
+            torch._foreach_add_(self.means, torch._foreach_div(change, n_averaged + 1))
+        n_averaged += 1
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        # The optimizer's param group and state tensors are new ones.
+        self.group, self.adam = self.optimizer.param_groups[0], None
 
 
 class DataParallelStep(AutogradStep):
