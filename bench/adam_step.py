@@ -91,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cpu.use("portable")  # what a stage runs with by default (one thread, pinned kernels)
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml").resolved("synthetic", 500)
     print(f"machine: {cpu.cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(

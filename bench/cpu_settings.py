@@ -53,6 +53,7 @@ from torchreg.model import build_model
 from torchreg.training import fit, seeded
 
 params = load_params("params.yaml")
+params = params.resolved("synthetic", params.data.n_train)
 work = Path(sys.argv[2])
 big = work / "train.npy"
 if not big.exists():

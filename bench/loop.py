@@ -21,7 +21,7 @@ MAE_SEEDS = (0, 1, 2, 3, 4)
 
 
 def bench_loop(table: Table, repeats: int, epochs: int) -> None:
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml").resolved("synthetic", 500)
     cfg = params.train.model_copy(update={"epochs": epochs})
     train = torch.from_numpy(make_block(params.data, "train", 0, params.data.n_train))
     test = torch.from_numpy(make_block(params.data, "test", 0, params.data.n_test))

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"seeds: error: {exc}", file=sys.stderr)
         return 2
+    params = params.resolved("synthetic", params.data.n_train)  # train's `auto` values
     pairs = len(args.data_seeds) * len(args.train_seeds)
     print(f"seeds: {source}; {pairs} seed pairs x {len(args.options)} options", file=sys.stderr)
     start = time.perf_counter()

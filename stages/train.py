@@ -64,11 +64,13 @@ def run(
     With `val_path`, log the validation loss per epoch (and stop early: train.patience); with
     `features_path` (prepare's features.json), a table's column names and standardisation
     go into the model file, for predict."""
-    cfg = params.train
     if ctx.is_writer:
         check_outputs(model_path, live_dir)
     data = DataFile(data_path)
     features = read_features(features_path, data.n_features) if features_path else None
+    # train.* `auto`: the tutorial's values, or a table's (features.json says which source).
+    params = params.resolved("synthetic" if features is None else "table", data.rows)
+    cfg = params.train
     validation = None
     if val_path is not None:
         validation = Validation(DataFile(val_path), cfg.loss, cfg.patience, ctx.device)

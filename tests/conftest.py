@@ -51,7 +51,9 @@ def raw_params() -> dict:
 
 @pytest.fixture
 def params(raw_params) -> Params:
-    return parse_params(raw_params)
+    """params.yaml's, train's `auto` values chosen as for the synthetic source."""
+    parsed = parse_params(raw_params)
+    return parsed.resolved("synthetic", parsed.data.n_train)
 
 
 def copy_of_the_repo(dest: Path) -> Path:

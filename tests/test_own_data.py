@@ -4,7 +4,6 @@ HiGHS). The pipeline's test MAE must be as good as the oracle's, and evaluate's 
 (reference.minimizer_test_mae, by iterations) must agree with it."""
 
 import importlib.util
-
 import json
 
 import numpy as np

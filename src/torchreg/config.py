@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     Strict,
     ValidationError,
+    WrapValidator,
     model_validator,
 )
 from ruamel.yaml import YAML, YAMLError
@@ -196,10 +197,26 @@ class ModelConfig(_Section):
         return self
 
 
+def _auto(value: Any, handler: Any) -> Any:
+    """`auto`, kept as it is (TrainConfig.resolved chooses the value), or the field's type."""
+    return AUTO if value == AUTO else handler(value)
+
+
+AUTO = "auto"
+# A number, or `auto`: the tutorial's value on synthetic data, a table's on a table.
+AutoFloat = Annotated[Float, WrapValidator(_auto)]
+AutoInt = Annotated[Int, WrapValidator(_auto)]
+# On a table, `auto` trains for about TABLE_STEPS steps (at most TUTORIAL_EPOCHS epochs) with
+# lr TABLE_LR on a cosine schedule: within 1.01x of the exact least-absolute-deviations fit on
+# every table of bench/tables, where the tutorial's constant 0.001 stops short on some.
+TUTORIAL_LR, TUTORIAL_EPOCHS, TUTORIAL_SCHEDULE = 0.001, 1000, "constant"
+TABLE_LR, TABLE_STEPS, TABLE_SCHEDULE = 0.01, 100_000, "cosine"
+
+
 class TrainConfig(_Section):
     seed: Int = Field(ge=0, lt=2**63)
-    lr: Float = Field(gt=0)
-    epochs: Int = Field(ge=1, le=10**7)
+    lr: AutoFloat = Field(gt=0)
+    epochs: AutoInt = Field(ge=1, le=10**7)
     batch_size: Int = Field(ge=1, le=MAX_ROWS)
     loss: Literal["mae", "mse", "huber"]
     optimizer: Literal["sgd", "adam"]
@@ -207,7 +224,7 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"]
     nproc: Int = Field(ge=1, le=1024)
     # Defaults: today's behaviour (constant lr, last iterate), for params files without them.
-    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_schedule: Literal["auto", "constant", "cosine", "step"] = "constant"
     average: Literal["none", "swa"] = "none"
     average_start: Float = Field(default=0.5, ge=0, lt=1)
     # Seconds of training between checkpoints (0: after every epoch); at most a week.
@@ -215,6 +232,25 @@ class TrainConfig(_Section):
     # Early stopping: epochs without a better validation loss before training stops and the
     # best epoch's weights are kept; 0: off (every epoch runs, the last weights are kept).
     patience: Int = Field(default=0, ge=0, le=10**7)
+
+    def resolved(self, source: str, rows: int) -> TrainConfig:
+        """This config with every `auto` chosen, for `source` (synthetic: the tutorial's
+        values; table: TABLE_*) and `rows` training rows (the table's epochs: enough for
+        TABLE_STEPS steps of batch_size rows, at most TUTORIAL_EPOCHS)."""
+        table = source == "table"
+        steps_per_epoch = -(-rows // self.batch_size)
+        chosen = {
+            "lr": TABLE_LR if table else TUTORIAL_LR,
+            "epochs": min(TUTORIAL_EPOCHS, -(-TABLE_STEPS // steps_per_epoch))
+            if table
+            else TUTORIAL_EPOCHS,
+            "lr_schedule": TABLE_SCHEDULE if table else TUTORIAL_SCHEDULE,
+        }
+        return self.model_copy(update={k: v for k, v in chosen.items() if getattr(self, k) == AUTO})
+
+    @property
+    def is_resolved(self) -> bool:
+        return AUTO not in (self.lr, self.epochs, self.lr_schedule)
 
     @model_validator(mode="after")
     def _patience_keeps_one_weight_set(self) -> TrainConfig:
@@ -252,6 +288,11 @@ class Params(_Section):
                 f"allowed 0..{n - 1} (data.true_w has {n} values)"
             )
         return self
+
+    def resolved(self, source: str, rows: int) -> Params:
+        """These params with train's `auto` values chosen for `source` ("synthetic" or
+        "table") and `rows` training rows (TrainConfig.resolved)."""
+        return self.model_copy(update={"train": self.train.resolved(source, rows)})
 
 
 SECTIONS = tuple(Params.model_fields)

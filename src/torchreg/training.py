@@ -303,7 +303,8 @@ def describe(params: Params, rows: int, ctx: RunContext) -> str:
     """The run in one line, for the log."""
     cfg = params.train
     return (
-        f"{params.model.kind} model, {cfg.loss} loss, {cfg.optimizer} (lr {cfg.lr:g}), "
+        f"{params.model.kind} model, {cfg.loss} loss, {cfg.optimizer} (lr {cfg.lr:g}"
+        f"{'' if cfg.lr_schedule == 'constant' else ', ' + cfg.lr_schedule}), "
         f"{cfg.epochs} epochs of {rows} rows in batches of {cfg.batch_size} on "
         f"{ctx.device.type} x {ctx.world_size}"
     )
