@@ -79,39 +79,132 @@ WHEELS = {
 #            are the target in another form / contain it)
 #   shape:   (rows, columns) the source must have
 TABLES = [
-    dict(name="hitters", package="ISLP", src="ISLP/data/Hitters.csv", na={""},
-         target="Salary", exclude=[], shape=(322, 20)),
-    dict(name="college", package="ISLP", src="ISLP/data/College.csv", na={""},
-         target="Outstate", exclude=[], shape=(777, 18)),
-    dict(name="carseats", package="ISLP", src="ISLP/data/Carseats.csv", na={""},
-         target="Sales", exclude=[], shape=(400, 11)),
-    dict(name="boston", package="ISLP", src="ISLP/data/Boston.csv", na={""},
-         target="medv", exclude=[], shape=(506, 13)),
-    dict(name="wage", package="ISLP", src="ISLP/data/Wage.csv", na={""},
-         target="wage", exclude=["logwage"], shape=(3000, 11)),
-    dict(name="bikeshare", package="ISLP", src="ISLP/data/Bikeshare.csv", na={""},
-         target="bikers", exclude=["casual", "registered"], shape=(8645, 15)),
-    dict(name="credit", package="ISLP", src="ISLP/data/Credit.csv", na={""},
-         target="Balance", exclude=["ID"], shape=(400, 12)),
-    dict(name="penguins", package="palmerpenguins",
-         src="palmerpenguins/data/penguins.csv", na={"NA"},
-         target="body_mass_g", exclude=[], shape=(344, 8)),
-    dict(name="diamonds", package="plotnine", src="plotnine/data/diamonds.csv",
-         na={"NA"}, target="price", exclude=[], shape=(53940, 10)),
-    dict(name="msleep", package="plotnine", src="plotnine/data/msleep.csv",
-         na={"NA"}, target="sleep_total", exclude=["name", "genus", "awake"],
-         shape=(83, 11)),
-    dict(name="txhousing", package="plotnine", src="plotnine/data/txhousing.csv",
-         na={"NA"}, target="median", exclude=["volume"], shape=(8602, 9)),
-    dict(name="fair", package="statsmodels",
-         src="statsmodels/datasets/fair/fair.csv", na={""},
-         target="affairs", exclude=[], shape=(6366, 9)),
-    dict(name="statecrime", package="statsmodels",
-         src="statsmodels/datasets/statecrime/statecrime.csv", na={""},
-         target="murder", exclude=["state", "violent"], shape=(51, 8)),
-    dict(name="grunfeld", package="statsmodels",
-         src="statsmodels/datasets/grunfeld/grunfeld.csv", na={""},
-         target="invest", exclude=[], shape=(220, 5)),
+    dict(
+        name="hitters",
+        package="ISLP",
+        src="ISLP/data/Hitters.csv",
+        na={""},
+        target="Salary",
+        exclude=[],
+        shape=(322, 20),
+    ),
+    dict(
+        name="college",
+        package="ISLP",
+        src="ISLP/data/College.csv",
+        na={""},
+        target="Outstate",
+        exclude=[],
+        shape=(777, 18),
+    ),
+    dict(
+        name="carseats",
+        package="ISLP",
+        src="ISLP/data/Carseats.csv",
+        na={""},
+        target="Sales",
+        exclude=[],
+        shape=(400, 11),
+    ),
+    dict(
+        name="boston",
+        package="ISLP",
+        src="ISLP/data/Boston.csv",
+        na={""},
+        target="medv",
+        exclude=[],
+        shape=(506, 13),
+    ),
+    dict(
+        name="wage",
+        package="ISLP",
+        src="ISLP/data/Wage.csv",
+        na={""},
+        target="wage",
+        exclude=["logwage"],
+        shape=(3000, 11),
+    ),
+    dict(
+        name="bikeshare",
+        package="ISLP",
+        src="ISLP/data/Bikeshare.csv",
+        na={""},
+        target="bikers",
+        exclude=["casual", "registered"],
+        shape=(8645, 15),
+    ),
+    dict(
+        name="credit",
+        package="ISLP",
+        src="ISLP/data/Credit.csv",
+        na={""},
+        target="Balance",
+        exclude=["ID"],
+        shape=(400, 12),
+    ),
+    dict(
+        name="penguins",
+        package="palmerpenguins",
+        src="palmerpenguins/data/penguins.csv",
+        na={"NA"},
+        target="body_mass_g",
+        exclude=[],
+        shape=(344, 8),
+    ),
+    dict(
+        name="diamonds",
+        package="plotnine",
+        src="plotnine/data/diamonds.csv",
+        na={"NA"},
+        target="price",
+        exclude=[],
+        shape=(53940, 10),
+    ),
+    dict(
+        name="msleep",
+        package="plotnine",
+        src="plotnine/data/msleep.csv",
+        na={"NA"},
+        target="sleep_total",
+        exclude=["name", "genus", "awake"],
+        shape=(83, 11),
+    ),
+    dict(
+        name="txhousing",
+        package="plotnine",
+        src="plotnine/data/txhousing.csv",
+        na={"NA"},
+        target="median",
+        exclude=["volume"],
+        shape=(8602, 9),
+    ),
+    dict(
+        name="fair",
+        package="statsmodels",
+        src="statsmodels/datasets/fair/fair.csv",
+        na={""},
+        target="affairs",
+        exclude=[],
+        shape=(6366, 9),
+    ),
+    dict(
+        name="statecrime",
+        package="statsmodels",
+        src="statsmodels/datasets/statecrime/statecrime.csv",
+        na={""},
+        target="murder",
+        exclude=["state", "violent"],
+        shape=(51, 8),
+    ),
+    dict(
+        name="grunfeld",
+        package="statsmodels",
+        src="statsmodels/datasets/grunfeld/grunfeld.csv",
+        na={""},
+        target="invest",
+        exclude=[],
+        shape=(220, 5),
+    ),
 ]
 
 # Cell texts that look like a missing-value marker. If one of them occurs in a
@@ -191,8 +284,14 @@ def licence_text(wheel):
     joined with ``\\n`` and end with one ``\\n``.
     """
     di = wheel.dist_info()
-    for cand in ("licenses/LICENSE", "licenses/LICENSE.txt", "licenses/COPYING",
-                 "LICENSE", "LICENSE.txt", "COPYING"):
+    for cand in (
+        "licenses/LICENSE",
+        "licenses/LICENSE.txt",
+        "licenses/COPYING",
+        "LICENSE",
+        "LICENSE.txt",
+        "COPYING",
+    ):
         if di + "/" + cand in wheel.names:
             name = di + "/" + cand
             return name, wheel.checked(name)
@@ -200,8 +299,8 @@ def licence_text(wheel):
     lines = wheel.checked(name).decode("utf-8").split("\n")
     for i, line in enumerate(lines):
         if line.startswith("License: "):
-            out = [line[len("License: "):]]
-            for cont in lines[i + 1:]:
+            out = [line[len("License: ") :]]
+            for cont in lines[i + 1 :]:
                 if cont.startswith("        "):
                     out.append(cont[8:])
                 elif cont.strip() == "" and cont != "":
@@ -270,8 +369,7 @@ def describe(spec, header, rows):
         vals = [r[j] for r in rows]
         present = [v for v in vals if v != ""]
         numeric = all(NUMBER.match(v) for v in present)
-        info = dict(missing=len(vals) - len(present), numeric=numeric,
-                    distinct=len(set(present)))
+        info = dict(missing=len(vals) - len(present), numeric=numeric, distinct=len(set(present)))
         if numeric and present:
             nums = [float(v) for v in present]
             info.update(min=min(nums), max=max(nums), mean=math.fsum(nums) / len(nums))
@@ -302,12 +400,16 @@ def fmt(x):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("wheels", nargs="+",
-                    help="the four wheels (.whl files or unzipped folders), any order")
+    ap.add_argument(
+        "wheels", nargs="+", help="the four wheels (.whl files or unzipped folders), any order"
+    )
     ap.add_argument("--out", default=here, help="output folder (default: %(default)s)")
-    ap.add_argument("--prefix", default="bench/tables",
-                    help="folder written before each file name in collection.json's "
-                         "'path' (default: %(default)s)")
+    ap.add_argument(
+        "--prefix",
+        default="bench/tables",
+        help="folder written before each file name in collection.json's "
+        "'path' (default: %(default)s)",
+    )
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -341,8 +443,9 @@ def main():
     for spec in TABLES:
         path, header, rows, src_sha = make_table(spec, wheels[spec["package"]], args.out)
         cols, entry, complete = describe(spec, header, rows)
-        entry["path"] = f"{args.prefix}/{os.path.basename(path)}" if args.prefix else \
-            os.path.basename(path)
+        entry["path"] = (
+            f"{args.prefix}/{os.path.basename(path)}" if args.prefix else os.path.basename(path)
+        )
         collection.append(entry)
         out_sha = sha256(path)
         outputs.append((os.path.basename(path), out_sha))
@@ -350,14 +453,30 @@ def main():
         print(f"  source {spec['package']}:{spec['src']} sha256 {src_sha} (matches RECORD)")
         for c in header:
             i = cols[c]
-            kind = (f"number {fmt(i['min'])} .. {fmt(i['max'])}" if i["numeric"] and "min" in i
-                    else f"text, {i['distinct']} distinct")
-            flag = " [target]" if c == spec["target"] else (
-                " [exclude]" if c in spec["exclude"] else "")
+            kind = (
+                f"number {fmt(i['min'])} .. {fmt(i['max'])}"
+                if i["numeric"] and "min" in i
+                else f"text, {i['distinct']} distinct"
+            )
+            flag = (
+                " [target]"
+                if c == spec["target"]
+                else (" [exclude]" if c in spec["exclude"] else "")
+            )
             print(f"  {c:<18} missing: {i['missing']:<5} {kind}{flag}")
-        summary.append((spec["name"], len(rows), len(header), spec["target"],
-                        entry["target_mean"], sum(i["missing"] for i in cols.values()),
-                        complete, entry["missing"], entry["text_columns"]))
+        summary.append(
+            (
+                spec["name"],
+                len(rows),
+                len(header),
+                spec["target"],
+                entry["target_mean"],
+                sum(i["missing"] for i in cols.values()),
+                complete,
+                entry["missing"],
+                entry["text_columns"],
+            )
+        )
 
     print()
     for pkg in WHEELS:
@@ -380,14 +499,29 @@ def main():
         print(f"{digest}  {name}")
 
     print("\nSummary ('complete' = rows with no missing value outside the excluded columns):")
-    head = ("name", "rows", "cols", "target", "target mean", "missing cells",
-            "complete", "missing", "text columns")
-    table = [head] + [(n, str(r), str(c), t, fmt(m), str(mc), str(cr), pol, ", ".join(tc) or "-")
-                      for n, r, c, t, m, mc, cr, pol, tc in summary]
+    head = (
+        "name",
+        "rows",
+        "cols",
+        "target",
+        "target mean",
+        "missing cells",
+        "complete",
+        "missing",
+        "text columns",
+    )
+    table = [head] + [
+        (n, str(r), str(c), t, fmt(m), str(mc), str(cr), pol, ", ".join(tc) or "-")
+        for n, r, c, t, m, mc, cr, pol, tc in summary
+    ]
     widths = [max(len(row[k]) for row in table) for k in range(len(head))]
     for k, row in enumerate(table):
-        print("  ".join(v.ljust(widths[j]) if j in (0, 3, 7, 8) else v.rjust(widths[j])
-                        for j, v in enumerate(row)).rstrip())
+        print(
+            "  ".join(
+                v.ljust(widths[j]) if j in (0, 3, 7, 8) else v.rjust(widths[j])
+                for j, v in enumerate(row)
+            ).rstrip()
+        )
         if k == 0:
             print("  ".join("-" * w for w in widths))
 

@@ -141,6 +141,8 @@ def read_features(path: Path, n_features: int) -> dict | None:
     }
     if record.get("categories"):  # a table with text columns: the columns, their categories
         features |= {"columns": record.get("columns"), "categories": record.get("categories")}
+    if record.get("booleans"):  # columns of true/false cells
+        features["booleans"] = record.get("booleans")
     problem = check_features(features, n_features)
     if problem:
         raise DataError(f"{path}: {problem}: rerun the prepare stage (dvc repro prepare)")
@@ -160,6 +162,9 @@ def check_features(features: object, n_features: int) -> str | None:
         return "its target is not a name"
     if "categories" in features and (problem := _layout_problem(features, names)):
         return problem
+    booleans = features.get("booleans", [])
+    if not (isinstance(booleans, list) and all(isinstance(b, str) for b in booleans)):
+        return "its boolean columns are not a list of names"
     scale = features.get("standardize")
     if scale is None:
         return None

@@ -53,6 +53,10 @@ CHUNK_ROWS = 65536
 # characters; a header name is a short label. It bounds what a row may cost to read.
 MAX_CELL_CHARS = 200
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# A boolean column's cells, as the table reader (Arrow's CSV parser) reads them.
+BOOLEANS = dict.fromkeys(("1", "True", "TRUE", "true"), 1.0) | dict.fromkeys(
+    ("0", "False", "FALSE", "false"), 0.0
+)
 # A table model's input may carry columns besides its features (an id, the target): at most
 # this many, which bounds what a row may cost to read.
 MAX_COLUMNS = 4096
@@ -110,6 +114,7 @@ class RowReader:
             for column, texts in (self.features.get("categories") or {}).items()
         }
         names = list(dict.fromkeys(column for column, _ in self.layout))
+        self.booleans = set(self.features.get("booleans") or [])
         if not self.has_header:
             raise DataError(
                 f"{self.name}: the first row is not a header: this model was trained on a "
@@ -223,8 +228,13 @@ class RowReader:
                     continue
                 cell = row[k].strip()
                 try:
-                    values[i, j] = parse_number(cell)
-                except ValueError:
+                    values[i, j] = BOOLEANS[cell] if name in self.booleans else parse_number(cell)
+                except (KeyError, ValueError):
+                    if name in self.booleans:
+                        raise DataError(
+                            f"{where}, column {shown(name, 40)} holds {shown(cell, 40)}, not "
+                            "true or false"
+                        ) from None
                     what = "is empty" if not cell else f"holds {shown(cell, 40)}, not a number"
                     raise DataError(f"{where}, column {shown(name, 40)} {what}") from None
                 if not abs(values[i, j]) <= FLOAT32_MAX:

@@ -96,6 +96,7 @@ class Prepared:
     target_std: float | None = None
     columns: list[str] = field(default_factory=list)  # the table's feature columns
     categories: dict[str, list[str]] = field(default_factory=dict)
+    booleans: list[str] = field(default_factory=list)  # columns of true/false cells
 
     def record(self, source: str) -> dict:
         out = {
@@ -105,6 +106,7 @@ class Prepared:
             "rows": self.rows,
             "dropped_rows": self.dropped,
             **({"columns": self.columns, "categories": self.categories} if self.columns else {}),
+            **({"booleans": self.booleans} if self.booleans else {}),
             "standardize": None,
         }
         if self.mean is not None:
@@ -134,6 +136,7 @@ def prepare_table(cfg: DataConfig, out: dict[str, Path], features_path: Path) ->
     if table.ignored:
         log.info("%s: not used: %s", table.name, ", ".join(table.ignored))
     result = Prepared(table.features, t.target)
+    result.booleans = table.booleans
     # Hashed in the order of the columns' names: listing the features in another order
     # leaves every row in its split.
     order = np.argsort(np.array([*table.features, t.target], dtype=object), kind="stable")

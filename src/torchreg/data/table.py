@@ -157,6 +157,11 @@ class Table:
                         else "name it in data.table.categorical to one-hot encode it"
                     )
                 )
+        self.booleans = [
+            c
+            for c in self.features
+            if c not in self.categorical and pa.types.is_boolean(schema.field(c).type)
+        ]
         # A categorical column's texts by code, each text's code and each code's hash.
         self.texts: dict[str, list[str]] = {c: [] for c in self.categorical}
         self.codes: dict[str, dict[str, int]] = {c: {} for c in self.categorical}
@@ -190,6 +195,7 @@ class Table:
         self.codes |= {c: {} for c in chosen}
         self.hashes |= {c: [] for c in chosen}
         self.candidates = []
+        self.booleans = [c for c in self.booleans if c in self.features]
         if not self.features:
             raise DataError(
                 f"{self.name}: no numeric column, and no text column with at most "

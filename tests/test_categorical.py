@@ -1,0 +1,223 @@
+"""A table with a text column, a boolean column and a target far from 0, through prepare,
+train, evaluate and predict: the one-hot encoding (its categories from the training split,
+in the model file, in the split's hash), the target's standardisation (the defaults then
+converge; metrics and predictions in the table's units), the exact reference and the warning
+when a model is far from it, and train's `auto` values."""
+
+import importlib.util
+import io
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from support import ROOT
+from torchreg.config import TABLE_STEPS, parse_params
+from torchreg.context import RunContext
+from torchreg.errors import DataError
+from torchreg.model import load_model
+from torchreg.predict import RowReader, run as predict_run
+
+
+def stage(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_stage", ROOT / f"stages/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+prepare, train, evaluate = stage("prepare"), stage("train"), stage("evaluate")
+COLOURS = {"red": 0.0, "green": 800.0, "blue": -500.0}
+
+
+def table(n: int = 300, seed: int = 0, start: int = 0) -> str:
+    """Rows whose target is far from 0 and depends on a text column and a boolean one; `id`
+    is an identifier (a distinct text a row), never a feature."""
+    rng = np.random.default_rng(seed)
+    lines = ["id,colour,flag,x,y"] if start == 0 else []
+    for i in range(start, start + n):
+        colour = list(COLOURS)[rng.integers(3)]
+        flag = bool(rng.integers(2))
+        x = round(float(rng.normal()) * 3, 3)
+        y = 5000 + 300 * x + COLOURS[colour] + 200 * flag + round(float(rng.normal()) * 50, 2)
+        lines.append(f"r{i},{colour},{str(flag).lower()},{x},{y:.2f}")
+    return "\n".join(lines) + "\n"
+
+
+def fitted(tmp_path, raw_params, text: str, **train_changes):
+    """prepare, train and evaluate on `text` with the defaults but `train_changes`; returns
+    (the split files, features.json's record, the model path, the metrics)."""
+    (tmp_path / "t.csv").write_text(text)
+    raw_params["data"]["source"] = "table"
+    raw_params["data"]["table"].update({"path": str(tmp_path / "t.csv"), "target": "y"})
+    raw_params["train"].update(train_changes)
+    params = parse_params(raw_params)
+    out = {split: tmp_path / f"{split}.npy" for split in ("train", "val", "test")}
+    features = tmp_path / "features.json"
+    prepare.run(params.data, out, features)
+    model = tmp_path / "model.safetensors"
+    ctx = RunContext(torch.device("cpu"))
+    train.run(params, ctx, out["train"], model, tmp_path / "live", None, out["val"], features)
+    written = {k: tmp_path / f"{k}.out" for k in ("metrics", "predictions", "curves")}
+    metrics = evaluate.run(
+        params.data, model, out["train"], out["test"], written, "mae", frozenset(), features,
+        out["val"],
+    )  # fmt: skip
+    return out, json.loads(features.read_text()), model, metrics
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from conftest import read_params_file
+
+    tmp = tmp_path_factory.mktemp("categorical")
+    return tmp, *fitted(tmp, read_params_file(ROOT / "params.yaml"), table())
+
+
+def test_text_columns_are_one_hot_with_the_training_splits_categories(run):
+    _, out, record, _, _ = run
+    assert record["columns"] == ["colour", "flag", "x"]  # id: a distinct text a row
+    assert record["categories"] == {"colour": ["blue", "green", "red"]}
+    assert record["features"] == ["colour=blue", "colour=green", "colour=red", "flag", "x"]
+    scale = record["standardize"]
+    for split in ("train", "val", "test"):
+        rows = np.load(out[split]).astype(np.float64)
+        raw = rows[:, :5] * scale["std"] + scale["mean"]
+        assert np.abs(raw[:, :4] - np.rint(raw[:, :4])).max() < 1e-5  # 0 or 1
+        assert (np.rint(raw[:, :3]).sum(axis=1) == 1).all()  # one colour a row
+    text = table()
+    colours = [line.split(",")[1] for line in text.splitlines()[1:]]
+    train = np.load(out["train"]).astype(np.float64)
+    y = train[:, -1] * scale["target_std"] + scale["target_mean"]
+    assert abs(y.mean() - scale["target_mean"]) < 1e-3 < scale["target_mean"] - 4000
+    assert len(train) < len(colours)
+
+
+def test_the_defaults_converge_on_a_target_far_from_zero(run):
+    """Standardising the target is what makes the defaults converge: the bias would
+    otherwise walk to 5000 at most train.lr a step."""
+    _, _, _, _, metrics = run
+    assert metrics["reference"]["minimizer_converged"] is True
+    assert metrics["test"]["mae_vs_minimizer"] < 1.02
+    assert 30 < metrics["test"]["mae"] < 60  # the noise's: the table's units, not std's
+    assert 30 < metrics["val"]["mae"] < 60
+
+
+def test_predictions_and_plots_are_in_the_tables_units(run):
+    tmp, out, record, model_path, _ = run
+    predictions = (tmp / "predictions.out").read_text().splitlines()
+    header = predictions[0].split("\t")
+    rows = np.array([[float(v) for v in line.split("\t")] for line in predictions[1:]])
+    actual = rows[:, header.index("actual")]
+    assert 3000 < actual.mean() < 7000
+    assert np.abs(rows[:, header.index("predicted")] - actual).mean() < 60
+    assert set(np.round(rows[:, header.index("x0")], 6)) <= {0.0, 1.0}  # colour=blue, 0/1
+    # predict: the table's own rows, by name, into the table's units.
+    source = io.StringIO(table())
+    model, _, n_features = load_model(model_path)
+    reader = RowReader(source, "rows", n_features, model.features)
+    x = torch.cat([chunk for _, chunk in reader.chunks()])
+    scale = record["standardize"]
+    expected = model(x).double() * scale["target_std"] + scale["target_mean"]
+    out_csv = tmp / "predicted.csv"
+    (tmp / "rows.csv").write_text(table())
+    predict_run(model_path, tmp / "rows.csv", out_csv)
+    lines = out_csv.read_text().splitlines()
+    assert lines[0] == "id,colour,flag,x,y,predicted"
+    got = np.array([float(line.rsplit(",", 1)[1]) for line in lines[1:]])
+    np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-6)
+    y = np.array([float(line.split(",")[4]) for line in lines[1:]])
+    assert np.abs(got - y).mean() < 60
+
+
+def test_an_unseen_category_is_refused_or_all_zeros(run):
+    tmp, _, _, model_path, _ = run
+    rows = tmp / "purple.csv"
+    rows.write_text("colour,flag,x\nred,true,1.5\npurple,false,0.5\n")
+    with pytest.raises(DataError, match=r"row 3, column 'colour': 'purple' is not a category"):
+        predict_run(model_path, rows, tmp / "p.csv")
+    assert not (tmp / "p.csv").exists()
+    predict_run(model_path, rows, tmp / "p.csv", unseen="zeros")
+    red, purple = (float(line.rsplit(",", 1)[1]) for line in (tmp / "p.csv").read_text().split()[1:])
+    model, _, _ = load_model(model_path)
+    scale = model.features["standardize"]
+    # purple: every colour input at its 0 (standardised as 0 is), flag false, x 0.5.
+    raw = np.array([0.0, 0.0, 0.0, 0.0, 0.5])
+    z = torch.tensor((raw - scale["mean"]) / scale["std"], dtype=torch.float32)
+    expected = model(z[None]).item() * scale["target_std"] + scale["target_mean"]
+    assert purple == pytest.approx(expected, rel=1e-6)
+    assert red != purple
+
+
+def test_the_splits_hash_covers_the_category_and_appended_rows_stay(tmp_path):
+    """A row's split depends on its category's text too (other colours, other splits), and
+    rows appended to a table leave every old row in its split."""
+    from conftest import read_params_file
+
+    def splits(text: str, folder: str) -> dict[float, str]:
+        (tmp_path / folder).mkdir()
+        raw = read_params_file(ROOT / "params.yaml")
+        raw["data"]["source"] = "table"
+        (tmp_path / folder / "t.csv").write_text(text)
+        raw["data"]["table"].update({"path": str(tmp_path / folder / "t.csv"), "target": "y"})
+        params = parse_params(raw)
+        out = {s: tmp_path / folder / f"{s}.npy" for s in ("train", "val", "test")}
+        prepare.run(params.data, out, tmp_path / folder / "features.json")
+        record = json.loads((tmp_path / folder / "features.json").read_text())
+        scale = record["standardize"]
+        found = {}
+        for split, path in out.items():  # each row by its x, which is distinct
+            x = np.load(path)[:, record["features"].index("x")] * scale["std"][-1]
+            for value in np.round(x + scale["mean"][-1], 3).tolist():
+                found[value] = split
+        return found
+
+    base = table(400)
+    recoloured = "\n".join(
+        line.replace(",red,", ",TMP,").replace(",green,", ",red,").replace(",TMP,", ",green,")
+        for line in base.splitlines()
+    )
+    first, other = splits(base, "a"), splits(recoloured + "\n", "b")
+    moved = sum(first[x] != other[x] for x in first)
+    assert moved > 20, moved  # about half of the recoloured rows (a third of all) move
+    longer = splits(base + table(200, seed=1, start=400), "c")
+    assert all(longer[x] == split for x, split in first.items())
+
+
+def test_a_model_far_from_the_exact_fit_is_said_to_be(tmp_path, raw_params, caplog):
+    with caplog.at_level(logging.WARNING):
+        _, _, _, metrics = fitted(tmp_path, raw_params, table(), epochs=1, lr=1e-4)
+    assert metrics["test"]["mae_vs_minimizer"] > evaluate.FAR_FROM_REFERENCE
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "the exact linear fit's" in warned[0], warned
+    assert "train.epochs" in warned[0]
+
+
+def test_a_converged_model_is_not_warned_about(run, caplog):
+    tmp, out, _, model_path, _ = run
+    from conftest import read_params_file
+
+    raw = read_params_file(ROOT / "params.yaml")
+    raw["data"]["source"] = "table"
+    raw["data"]["table"].update({"path": str(tmp / "t.csv"), "target": "y"})
+    written = {k: tmp / f"{k}.again" for k in ("metrics", "predictions", "curves")}
+    with caplog.at_level(logging.WARNING):
+        evaluate.run(
+            parse_params(raw).data, model_path, out["train"], out["test"], written, "mae",
+            frozenset(), tmp / "features.json",
+        )  # fmt: skip
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_train_auto_values_follow_the_source(params):
+    auto = params.train.model_copy(update={"lr": "auto", "epochs": "auto", "lr_schedule": "auto"})
+    synthetic = auto.resolved("synthetic", 500)
+    assert (synthetic.lr, synthetic.epochs, synthetic.lr_schedule) == (0.001, 1000, "constant")
+    small = auto.resolved("table", 210)  # 14 steps an epoch: 1000 epochs at most
+    assert (small.lr, small.epochs, small.lr_schedule) == (0.01, 1000, "cosine")
+    big = auto.resolved("table", 37_753)  # 2360 steps an epoch
+    assert big.epochs == -(-TABLE_STEPS // 2360) == 43
+    fixed = auto.model_copy(update={"lr": 0.05, "epochs": 7}).resolved("table", 37_753)
+    assert (fixed.lr, fixed.epochs, fixed.lr_schedule) == (0.05, 7, "cosine")
