@@ -18,7 +18,8 @@ from torchreg.config import TABLE_STEPS, parse_params
 from torchreg.context import RunContext
 from torchreg.errors import DataError
 from torchreg.model import load_model
-from torchreg.predict import RowReader, run as predict_run
+from torchreg.predict import RowReader
+from torchreg.predict import run as predict_run
 
 
 def stage(name):
@@ -140,7 +141,8 @@ def test_an_unseen_category_is_refused_or_all_zeros(run):
         predict_run(model_path, rows, tmp / "p.csv")
     assert not (tmp / "p.csv").exists()
     predict_run(model_path, rows, tmp / "p.csv", unseen="zeros")
-    red, purple = (float(line.rsplit(",", 1)[1]) for line in (tmp / "p.csv").read_text().split()[1:])
+    lines = (tmp / "p.csv").read_text().split()[1:]
+    red, purple = (float(line.rsplit(",", 1)[1]) for line in lines)
     model, _, _ = load_model(model_path)
     scale = model.features["standardize"]
     # purple: every colour input at its 0 (standardised as 0 is), flag false, x 0.5.
