@@ -113,10 +113,10 @@ def repo_params_with(tmp_path: Path, *replacements: tuple[str, str]) -> Path:
 
 
 def test_exponent_notation_is_a_number(tmp_path):
-    path = repo_params_with(tmp_path, ("lr: 0.001", "lr: 1e-3"), ("n_train: 500", "n_train: 5e2"))
+    path = repo_params_with(tmp_path, ("lr: auto", "lr: 1e-3"), ("n_train: 500", "n_train: 5e2"))
     params = load_params(path)
     assert params.train.lr == 0.001 and params.data.n_train == 500
-    quoted = repo_params_with(tmp_path, ("lr: 0.001", 'lr: "1e-3"'))
+    quoted = repo_params_with(tmp_path, ("lr: auto", 'lr: "1e-3"'))
     assert load_params(quoted).train.lr == 0.001
 
 

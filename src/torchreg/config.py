@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     Strict,
     ValidationError,
     WrapValidator,
@@ -204,8 +205,9 @@ def _auto(value: Any, handler: Any) -> Any:
 
 AUTO = "auto"
 # A number, or `auto`: the tutorial's value on synthetic data, a table's on a table.
-AutoFloat = Annotated[Float, WrapValidator(_auto)]
-AutoInt = Annotated[Int, WrapValidator(_auto)]
+# (Serialized as they are: a number or the text `auto`.)
+AutoFloat = Annotated[Float, WrapValidator(_auto), PlainSerializer(lambda v: v, return_type=Any)]
+AutoInt = Annotated[Int, WrapValidator(_auto), PlainSerializer(lambda v: v, return_type=Any)]
 # On a table, `auto` trains for about TABLE_STEPS steps (at most TUTORIAL_EPOCHS epochs) with
 # lr TABLE_LR on a cosine schedule: within 1.01x of the exact least-absolute-deviations fit on
 # every table of bench/tables, where the tutorial's constant 0.001 stops short on some.
