@@ -62,8 +62,8 @@ def test_a_one_megabyte_string_gives_a_short_line(tmp_path):
     big = "x" * 10**6
     for text in (
         PARAMS.replace("target: linear", f"target: {big}"),
-        PARAMS.replace("  lr: 0.001", f"  ? {big}\n  : 0.001"),  # as a key
-        PARAMS.replace("  lr: 0.001", f"  lr: !!float {big}"),  # a tag its value cannot hold
+        PARAMS.replace("  lr: auto", f"  ? {big}\n  : 0.001"),  # as a key
+        PARAMS.replace("  lr: auto", f"  lr: !!float {big}"),  # a tag its value cannot hold
     ):
         result, _ = stage(tmp_path, text)
         assert result.returncode == 2

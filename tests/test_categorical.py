@@ -223,3 +223,34 @@ def test_train_auto_values_follow_the_source(params):
     assert big.epochs == -(-TABLE_STEPS // 2360) == 43
     fixed = auto.model_copy(update={"lr": 0.05, "epochs": 7}).resolved("table", 37_753)
     assert (fixed.lr, fixed.epochs, fixed.lr_schedule) == (0.05, 7, "cosine")
+
+
+def test_a_header_name_with_spaces_is_found_by_predict(tmp_path, raw_params):
+    """prepare keeps a name as the header spells it (`b ` from `a,b ,y`); predict finds it
+    the same way, so the training table itself can be predicted."""
+    rng = np.random.default_rng(0)
+    rows = "".join(f"{a:.3f},{b:.3f},{2 * a - b:.3f}\n" for a, b in rng.normal(size=(60, 2)))
+    _, record, model, _ = fitted(tmp_path, raw_params, "a, b ,y\n" + rows, epochs=1)
+    assert record["features"] == ["a", " b "]
+    predict_run(model, tmp_path / "t.csv", tmp_path / "out.csv")
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0] == "a,b,y,predicted" and len(lines) == 61
+
+
+@pytest.mark.parametrize("brk", ["\n", "\r\n", "\f", "\u2028", "\x1c"])
+def test_a_line_break_in_a_passed_through_cell_keeps_every_row_in_place(run, brk):
+    tmp, _, _, model_path, _ = run
+    text = f'note,colour,flag,x\n"one{brk}two",red,true,1.0\nplain,blue,false,-2.0\n'
+    (tmp / "notes.csv").write_bytes(text.encode())
+    predict_run(model_path, tmp / "notes.csv", tmp / "notes.out")
+    import csv
+
+    with (tmp / "notes.out").open(newline="", encoding="utf-8") as f:
+        out = list(csv.reader(f))
+    assert [row[:4] for row in out] == [
+        ["note", "colour", "flag", "x"],
+        [f"one{brk}two".strip(), "red", "true", "1.0"],
+        ["plain", "blue", "false", "-2.0"],
+    ]
+    # each row's own prediction: red/true/1.0 is 5000 + 300 + 0 + 200, blue/false/-2 4000 - 500
+    assert abs(float(out[1][4]) - 5500) < 60 and abs(float(out[2][4]) - 3900) < 60

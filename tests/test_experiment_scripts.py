@@ -31,7 +31,7 @@ def committed(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(text)
     run(["git", "add", "params.yaml"], tmp_path)
     run(["git", "commit", "-q", "-m", "params"], tmp_path)
-    workspace = text.replace("lr: 0.001 ", "lr: 0.5   ").replace("epochs: 1000", "epochs: 3   ")
+    workspace = text.replace("lr: auto  ", "lr: 0.5   ").replace("epochs: auto", "epochs: 3   ")
     (tmp_path / "params.yaml").write_text(workspace)
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -41,7 +41,7 @@ def test_seeds_trains_from_the_committed_params(committed, capsys):
     import seeds
 
     params, source = seeds.committed_params()
-    assert params.train.lr == 0.001  # git HEAD's, not the workspace's 0.5
+    assert params.train.lr == "auto"  # git HEAD's, not the workspace's 0.5
     assert source.startswith("params.yaml at git HEAD (")
     capsys.readouterr()
     one = ["--data-seeds", "0", "--train-seeds", "0", "--options", "constant"]

@@ -21,6 +21,6 @@ def test_dash_s_changes_only_the_line_it_sets(tmp_path):
         for line in difflib.unified_diff(before, path.read_text().splitlines(), lineterm="", n=0)
         if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
     ]
-    assert [line.split("#")[0].strip() for line in changed] == ["-  lr: 0.001", "+  lr: 0.002"], (
+    assert [line.split("#")[0].strip() for line in changed] == ["-  lr: auto", "+  lr: 0.002"], (
         changed
     )

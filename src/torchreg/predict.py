@@ -94,8 +94,8 @@ class RowReader:
             raise self._no_rows()
         cells = [c.strip() for c in first]
         self.has_header = is_header(cells)
-        if features is not None:
-            self._find_columns(cells)
+        if features is not None:  # by the names as prepare read them: spaces and all
+            self._find_columns(first)
         elif self.has_header:
             self._number = 1
             if len(cells) != n_features:
@@ -134,7 +134,7 @@ class RowReader:
             )
         self.index = [cells.index(n) for n in names]
         self.columns = names
-        self.header, self._pending, self._number = cells, [], 1
+        self.header, self._pending, self._number = [c.strip() for c in cells], [], 1
 
     def _lines(self, f: TextIO) -> Iterator[str]:
         """The input's lines; a row longer than `max_chars` is refused before it is read
@@ -246,9 +246,7 @@ class RowReader:
         scale = self.features.get("standardize")
         if scale is not None:
             values = (values - np.array(scale["mean"])) / np.array(scale["std"])
-        out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerows([c.strip() for c in row] for row in batch)
-        return out.getvalue().splitlines(), values.astype(np.float32)
+        return [_csv_row([c.strip() for c in row]) for row in batch], values.astype(np.float32)
 
     def _unseen(self, where: str, column: str, cell: str, known: list[str]) -> DataError:
         if not cell:
@@ -283,6 +281,14 @@ class RowReader:
                 f"{where} has a value beyond the model's float32 range (+-{FLOAT32_MAX:.4g}): {row}"
             )
         return ",".join(cells), parsed
+
+
+def _csv_row(cells: list[str]) -> str:
+    """One row as CSV text, cells quoted where they must be: a quoted cell may hold a line
+    break (or a form feed, U+2028), so rows are never found by splitting text into lines."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(cells)  # a cell with "\n" is quoted
+    return out.getvalue()[:-1]
 
 
 def separator_hint(row: list[str], n_features: int) -> str:
