@@ -254,3 +254,13 @@ def test_a_line_break_in_a_passed_through_cell_keeps_every_row_in_place(run, brk
     ]
     # each row's own prediction: red/true/1.0 is 5000 + 300 + 0 + 200, blue/false/-2 4000 - 500
     assert abs(float(out[1][4]) - 5500) < 60 and abs(float(out[2][4]) - 3900) < 60
+
+
+def test_a_tracked_table_that_is_not_here_says_to_pull_it(tmp_path, monkeypatch, raw_params):
+    from torchreg.data.table import Table
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.csv.dvc").write_text("outs:\n- md5: 0123\n  path: t.csv\n")
+    raw_params["data"]["table"].update({"path": "t.csv", "target": "y"})
+    with pytest.raises(DataError, match=r"tracked by DVC \(t.csv.dvc\).*`dvc pull t.csv`"):
+        Table(parse_params(raw_params).data.table)

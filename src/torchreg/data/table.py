@@ -225,6 +225,12 @@ class Table:
         try:
             return open_input(self.path)
         except FileNotFoundError:
+            if Path(f"{self.path}.dvc").exists():
+                raise DataError(
+                    f"{self.name} not found: it is tracked by DVC ({self.name}.dvc) but not "
+                    f"in this workspace: `dvc pull {self.name}` fetches it (or `dvc exp run "
+                    "--pull`)"
+                ) from None
             raise DataError(
                 f"{self.name} not found: data.table.path names the table to read (track it "
                 f"with `dvc add {self.name}`)"
