@@ -264,3 +264,17 @@ def test_a_tracked_table_that_is_not_here_says_to_pull_it(tmp_path, monkeypatch,
     raw_params["data"]["table"].update({"path": "t.csv", "target": "y"})
     with pytest.raises(DataError, match=r"tracked by DVC \(t.csv.dvc\).*`dvc pull t.csv`"):
         Table(parse_params(raw_params).data.table)
+
+
+def test_the_exact_lad_fit_of_fewer_rows_than_columns_is_the_minimum_norm_one():
+    """Every fit through the rows is exact; the one kept has no part the rows cannot see,
+    so it predicts new rows as the minimum-norm least-squares fit does."""
+    from torchreg.evaluation import exact_lad
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(6, 10)).astype(np.float32)  # 9 features and y: 10 columns with 1s
+    wb = exact_lad(rows).numpy()
+    design = np.c_[rows[:, :-1].astype(np.float64), np.ones(6)]
+    assert np.abs(design @ wb - rows[:, -1]).max() < 1e-5  # through every row
+    least = np.linalg.lstsq(design, rows[:, -1].astype(np.float64), rcond=None)[0]
+    np.testing.assert_allclose(wb, least, atol=1e-6)

@@ -259,9 +259,10 @@ class Units:
 
 
 # The exact least-absolute-deviations fit (a linear program, solved by HiGHS through SciPy)
-# up to this many cells of the training design (rows x (features + 1)): 35,000 rows of 28
-# columns take a few seconds. A larger training split gets the bounded IRLS iterations.
-LAD_LP_MAX_CELLS = 1_000_000
+# up to this many cells of the training split (rows x (features + 1)): the 37,629 x 27 of
+# bench/tables' largest table took 23 s on a loaded 2-core Xeon (bounded IRLS, 27 s, had not
+# converged). A larger training split gets the bounded IRLS iterations.
+LAD_LP_MAX_CELLS = 1_500_000
 
 
 def exact_lad(rows: Rows) -> torch.Tensor | None:
@@ -294,8 +295,11 @@ def exact_lad(rows: Rows) -> torch.Tensor | None:
     candidates += [-result.eqlin.marginals, result.eqlin.marginals]
     # Any fit plus a part along a direction the design cannot see (one-hot columns adding up
     # to a constant) fits as well: keep none of it, as the minimum-norm least squares does.
-    _, singular, vt = np.linalg.svd(design, full_matrices=False)
-    blind = vt[singular < singular[0] * math.sqrt(SINGULAR)]
+    # (With fewer rows than columns every direction past the rows' is blind too: the full
+    # decomposition's vt then has them; U is rows x rows, small there.)
+    _, singular, vt = np.linalg.svd(design, full_matrices=len(design) < design.shape[1])
+    rank = int((singular >= singular[0] * math.sqrt(SINGULAR)).sum())
+    blind = vt[rank:]
     candidates = [wb - blind.T @ (blind @ wb) for wb in candidates]
     losses = [np.abs(y - design @ wb).sum() for wb in candidates]
     return torch.from_numpy(candidates[int(np.argmin(losses))])

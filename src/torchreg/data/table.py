@@ -144,7 +144,9 @@ class Table:
         self.ignored = [c for c in self.columns if c not in {*self.features, cfg.target}]
         for name in [*self.features, cfg.target]:
             kind = schema.field(name).type
-            if name in self.categorical or (self.parquet and pa.types.is_null(kind)):
+            if name in self.categorical or name in self.candidates:
+                continue
+            if self.parquet and pa.types.is_null(kind):
                 continue
             if name == cfg.target and is_text(kind) and not self.parquet:
                 continue  # a CSV's cells are read as numbers: the first bad cell is named
@@ -182,7 +184,7 @@ class Table:
                 rows += batch.num_rows
                 for name in list(seen):
                     values = pc.unique(batch.column(name).cast(pa.string())).drop_null()
-                    seen[name].update(values.to_pylist())
+                    seen[name].update(v for v in values.to_pylist() if v)
                     if len(seen[name]) > limit:
                         del seen[name]
                 if not seen:
@@ -394,7 +396,9 @@ class Table:
     def _codes(self, name: str, column: pa.Array) -> np.ndarray:
         """A categorical column's codes (float64, NaN where a cell is missing), new texts
         getting the next codes."""
-        encoded = pc.dictionary_encode(column.cast(pa.string()))
+        text = column.cast(pa.string())
+        # An empty text is a missing cell, as in a CSV (a Parquet file can hold one).
+        encoded = pc.dictionary_encode(pc.if_else(pc.equal(text, ""), None, text))
         codes, texts = self.codes[name], self.texts[name]
         lookup = []
         for text in encoded.dictionary.to_pylist():
