@@ -691,3 +691,31 @@ def test_the_usual_delimiters_are_accepted(raw_params, delimiter):
     raw = copy.deepcopy(raw_params)
     raw["data"]["table"]["delimiter"] = delimiter
     assert parse_params(raw).data.table.delimiter == delimiter
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("a,b,y\n1,2,3\n".encode("utf-16"), "not UTF-8 text (UTF-16 or UTF-32"),
+        ("a,b,y\n1,2,3\n".encode("utf-16-be"), "not UTF-8 text (UTF-16 or UTF-32"),
+        (__import__("gzip").compress(b"a,b,y\n1,2,3\n"), "gzip-compressed, not a CSV"),
+    ],
+    ids=["utf-16", "utf-16-be-no-bom", "gzip"],
+)
+def test_a_csv_in_another_encoding_or_compressed_says_so(
+    workdir, raw_params, capsys, content, expected
+):
+    line = refused(capsys, raw_params, "t.csv", content)
+    assert expected in line, line
+
+
+def test_decimal_commas_are_named(workdir, raw_params, capsys):
+    text = "a;b;y\n" + "".join(f"{i},5;{i};{i * 2},25\n" for i in range(40))
+    line = refused(capsys, raw_params, "t.csv", text, delimiter=";", features=["a", "b"])
+    assert "'0,5' is not a number (a decimal comma" in line and "e.g. 0.5" in line, line
+
+
+@pytest.mark.parametrize("given", ["\\t", "tab", "\t"])
+def test_a_tab_delimiter_can_be_written_as_backslash_t(workdir, raw_params, given):
+    record = prepared(raw_params, "t.tsv", csv(numbers(40), sep="\t"), delimiter=given)
+    assert record["features"] == ["a", "b"]

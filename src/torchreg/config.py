@@ -80,7 +80,10 @@ Name = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_NAME_CHARS)]
 
 def _delimiter(value: str) -> str:
     """One printable ASCII character that is not a letter, digit, quote or space, or a tab:
-    what Arrow's CSV parser can split cells on."""
+    what Arrow's CSV parser can split cells on. `\\t` and `tab` are a tab too: `dvc exp run -S`
+    cannot pass a tab character itself."""
+    if value in ("\\t", "tab"):
+        return "\t"
     if value == "\t" or (
         len(value) == 1
         and value.isascii()
@@ -90,8 +93,9 @@ def _delimiter(value: str) -> str:
     ):
         return value
     raise ValueError(
-        f"data.table.delimiter = {shown(value, 20)} is not allowed: one character, a tab or a "
-        "printable ASCII one that is not a letter, digit, quote or space (e.g. ',' or ';')"
+        f"data.table.delimiter = {shown(value, 20)} is not allowed: one character, a tab "
+        "('\\t' or tab) or a printable ASCII one that is not a letter, digit, quote or space "
+        "(e.g. ',' or ';')"
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -85,6 +86,9 @@ class Table:
         self.header_rows = 0 if self.parquet else 1
         with self._open() as f:
             self.identity = _identity(os.fstat(f.fileno()))
+            if not self.parquet:
+                self._check_encoding(f.read(4096))
+                f.seek(0)
             schema = self._schema(f)
         self.columns = list(schema.names)
         odd = [c for c in self.columns if not c.strip() or is_number(c)]
@@ -258,6 +262,26 @@ class Table:
             except UnicodeDecodeError:
                 raise DataError(f"{self.name}: its header is not UTF-8 text: {NOT_UTF8}") from None
 
+    def _check_encoding(self, start: bytes) -> None:
+        """Refuse, by their first bytes, the files a CSV reader would misread: compressed
+        ones and UTF-16/32 text (a byte-order mark, or NUL bytes between the characters)."""
+        if start.startswith(b"\x1f\x8b"):
+            raise DataError(
+                f"{self.name}: gzip-compressed, not a CSV: decompress it (gunzip -k "
+                f"{self.name}) and name the .csv it gives, or save the table as Parquet"
+            )
+        if start.startswith((b"PK\x03\x04", b"\x28\xb5\x2f\xfd", b"BZh", b"\xfd7zXZ")):
+            raise DataError(
+                f"{self.name}: a compressed archive (zip, zstd, bzip2 or xz), not a CSV: "
+                "extract the table and name it"
+            )
+        utf16 = start.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in start
+        if utf16:
+            raise DataError(
+                f"{self.name}: not UTF-8 text (UTF-16 or UTF-32: it has NUL bytes): save the "
+                "table as UTF-8 (e.g. iconv -f utf-16 -t utf-8)"
+            )
+
     def _check_named(self, name: str, key: str) -> None:
         if name not in self.columns:
             raise DataError(
@@ -377,7 +401,12 @@ class Table:
                     cell = batch.column(name)[i].as_py()
                     what = "true or false" if self._kind(name) == pa.bool_() else "a number"
                     hint = ""
-                    if what == "a number" and name != self.cfg.target:
+                    if what == "a number" and re.fullmatch(r"[-+]?\d*,\d+", str(cell).strip()):
+                        hint = (
+                            " (a decimal comma: this reader takes a decimal point, e.g. "
+                            f"{str(cell).strip().replace(',', '.')}; convert the file's numbers)"
+                        )
+                    elif what == "a number" and name != self.cfg.target:
                         hint = " (a column of categories: name it in data.table.categorical)"
                     return DataError(
                         f"{self.name}: row {row + i}, column {shown(name, 40)}: "
