@@ -101,14 +101,22 @@ def run(
     write_tsv(out["predictions"], *prediction_rows(model, sample, units))
     write_tsv(out["curves"], *curve_rows(model, truth, sample, units))
     write_json(out["metrics"], metrics)
-    floor = f", noise floor {metrics['noise_floor_mae']:.6f}" if truth is not None else ""
-    log.info(
-        "test MAE %.6f (closed-form reference %.6f%s); train MAE %.6f",
-        metrics["test"]["mae"],
-        metrics["reference"]["test_mae"],
-        floor,
-        metrics["train"]["mae"],
-    )
+    if truth is not None:
+        log.info(
+            "test MAE %.6f (closed-form reference %.6f, noise floor %.6f); train MAE %.6f",
+            metrics["test"]["mae"],
+            metrics["reference"]["test_mae"],
+            metrics["noise_floor_mae"],
+            metrics["train"]["mae"],
+        )
+    else:  # a table: in its units, beside the exact linear fit the model is measured against
+        log.info(
+            "test MAE %.7g (exact linear fit %.7g, least squares %.7g); train MAE %.7g",
+            metrics["test"]["mae"],
+            metrics["reference"].get("minimizer_test_mae", float("nan")),
+            metrics["reference"]["test_mae"],
+            metrics["train"]["mae"],
+        )
     warn_if_far(metrics, truth is None)
     return metrics
 
@@ -125,13 +133,25 @@ def warn_if_far(metrics: dict, table: bool) -> None:
     ratio = metrics["test"].get("mae_vs_minimizer")
     if not table or ratio is None or ratio <= FAR_FROM_REFERENCE:
         return
+    # Closer to the training rows than the best linear fit, yet farther on the test rows: it
+    # learnt the training rows; else it has not got as far as the linear fit.
+    if metrics["train"]["mae"] < metrics["reference"]["train_mae"]:
+        cause = (
+            "it fits the training rows better than that fit does: it overfits; try "
+            "train.patience (e.g. 50), a smaller model.hidden, or the linear model"
+        )
+    else:
+        cause = (
+            "it has likely not converged; try more train.epochs, another train.lr, or "
+            "train.lr_schedule: auto"
+        )
     log.warning(
         "test MAE %.6g is %.3gx the exact linear fit's (%.6g, reference.minimizer_test_mae): "
-        "the model has likely not converged or overfits; try more train.epochs, another "
-        "train.lr, or train.optimizer: adam (see docs/own-data.md)",
+        "%s (see docs/own-data.md)",
         metrics["test"]["mae"],
         ratio,
         metrics["reference"]["minimizer_test_mae"],
+        cause,
     )
 
 

@@ -40,20 +40,28 @@ def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
     )
     prepared = read_json(inputs["features"], "prepare") if inputs.get("features") else {}
     names = prepared.get("features")
-    if names is not None and not 0 <= feature < len(names):
+    # plot.feature counts the numeric features (a table's categorical columns are one-hot
+    # inputs, not a line to draw): `index` is the model input it is.
+    numeric = names
+    if names is not None and prepared.get("categories"):
+        numeric = [c for c in prepared.get("columns", []) if c not in prepared["categories"]]
+        numeric = numeric or names  # categories alone: any input
+    if numeric is not None and not 0 <= feature < len(numeric):
         raise DataError(
-            f"plot.feature = {feature} is not a feature: allowed 0..{len(names) - 1} "
-            f"({inputs['features']} lists {len(names)})"
+            f"plot.feature = {feature} is not a numeric feature: allowed 0..{len(numeric) - 1} "
+            f"({inputs['features']} lists {len(numeric)}: {', '.join(numeric)})"
         )
+    index = feature if numeric is None else names.index(numeric[feature])
+    label = f"x{feature}" if numeric is None else numeric[feature]
     pred = read_tsv(
         inputs["predictions"],
         "evaluate",
-        [f"x{feature}", "actual", "predicted", "residual", f"partial_x{feature}"],
+        [f"x{index}", "actual", "predicted", "residual", f"partial_x{index}"],
     )
     curve = read_tsv(inputs["curves"], "evaluate", ["feature", "x", "model"])
-    if feature not in {int(f) for f in curve["feature"]}:
+    if index not in {int(f) for f in curve["feature"]}:
         raise DataError(
-            f"{inputs['curves']}: has no curve for feature {feature}: rerun dvc repro evaluate"
+            f"{inputs['curves']}: has no curve for feature {index}: rerun dvc repro evaluate"
         )
     metrics = read_json(inputs["metrics"], "evaluate")
     try:
@@ -70,12 +78,15 @@ def run(params: Params, inputs: dict[str, Path], out_dir: Path) -> list[Path]:
             f"{inputs['metrics']}: test.mae, reference.test_mae and noise_floor_mae must be "
             "numbers: rerun dvc repro evaluate"
         ) from None
-    label = f"x{feature}" if names is None else names[feature]
+    target = prepared.get("target", "y")
+    scaled = bool((prepared.get("standardize") or {}).get("target_std"))
     figures = {  # the names of FIGURES
-        "fit.png": fit_figure(pred, curve, feature, subtitle, label, prepared.get("target", "y")),
-        "loss.png": loss_figure(loss["step"], loss["train_loss"], params.train.loss, floor, val),
-        "predicted_vs_actual.png": predicted_figure(pred, subtitle),
-        "residuals.png": residual_figure(pred, floor),
+        "fit.png": fit_figure(pred, curve, index, subtitle, label, target),
+        "loss.png": loss_figure(
+            loss["step"], loss["train_loss"], params.train.loss, floor, val, scaled
+        ),
+        "predicted_vs_actual.png": predicted_figure(pred, subtitle, target),
+        "residuals.png": residual_figure(pred, floor, target),
     }
     written = []
     for name, fig in figures.items():

@@ -33,7 +33,7 @@ from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.environment import ENVIRONMENT_FILE
-from torchreg.model import build_model, read_features, save_model
+from torchreg.model import build_model, read_features, save_model, target_scale
 from torchreg.tracking import LiveLog, Progress
 from torchreg.training import (
     Validation,
@@ -86,6 +86,11 @@ def run(
     if not ctx.is_writer:
         return train(on_epoch=())
     log.info(describe(params, data.rows, ctx))
+    scale = target_scale(features)
+    if scale is not None:
+        log.info(
+            "the losses are on the standardised target (x %.7g in the table's units)", scale[1]
+        )
     done = [] if resume is None else resume["history"].tolist()
     if done:
         log.info("resuming after epoch %d of %d from %s", len(done), cfg.epochs, checkpoints.path)

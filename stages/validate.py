@@ -23,7 +23,7 @@ from torchreg import environment
 from torchreg.config import load_params
 from torchreg.data.table import Table
 from torchreg.environment import ENVIRONMENT_FILE, STAGE_KEYS
-from torchreg.errors import ConfigError, DataError, shown
+from torchreg.errors import ConfigError, DataError
 from torchreg.files import write_bytes
 
 OK = b"params.yaml checked\n"
@@ -39,13 +39,16 @@ def run(params_path: Path, out: Path) -> None:
     # to exist), and a table's header can be checked without reading its rows.
     table = params_path.parent / params.data.table.path
     if params.data.source == "table":
-        features = Table(params.data.table, params_path.parent).features
-        if params.plot.feature >= len(features):  # plot would refuse it, after the training
+        features = Table(params.data.table, params_path.parent).numeric_features
+        # plot would refuse it, after the training (a table of categories alone: any input)
+        if features and params.plot.feature >= len(features):
+            allowed = f"allowed 0..{len(features) - 1} (its {len(features)} numeric features: "
             raise ConfigError(
-                f"plot.feature = {params.plot.feature} is not a feature of "
-                f"{params.data.table.path}: allowed 0..{len(features) - 1} (its "
-                f"{len(features)} features: {shown(features, 120)}); choose the one "
-                "plots/fit.png draws against the target, e.g. -S plot.feature=0"
+                f"plot.feature = {params.plot.feature} is not a numeric feature of "
+                f"{params.data.table.path}: "
+                + f"{allowed}{', '.join(features)})"
+                + "; choose the one plots/fit.png draws against the target, e.g. "
+                "-S plot.feature=0"
             )
     elif not table.is_file():
         raise DataError(

@@ -278,3 +278,31 @@ def test_the_exact_lad_fit_of_fewer_rows_than_columns_is_the_minimum_norm_one():
     assert np.abs(design @ wb - rows[:, -1]).max() < 1e-5  # through every row
     least = np.linalg.lstsq(design, rows[:, -1].astype(np.float64), rcond=None)[0]
     np.testing.assert_allclose(wb, least, atol=1e-6)
+
+
+def test_plot_feature_counts_the_numeric_features(tmp_path, raw_params):
+    """With categories, plot.feature is the n-th numeric feature (x here, the 2nd after flag),
+    in validate and in plot alike, never a one-hot input."""
+    validate, plot = stage("validate"), stage("plot")
+    tmp = tmp_path
+    raw_params["plot"]["feature"] = 1
+    out, record, _, _ = fitted(tmp, raw_params, table(), epochs=2)
+    (tmp / "params.yaml").write_text(json.dumps(raw_params))
+    (tmp / "environment.yaml").write_text((ROOT / "environment.yaml").read_text())
+    validate.run(tmp / "params.yaml", tmp / "ok")
+    written = plot.run(
+        parse_params(raw_params),
+        {
+            "loss": tmp / "live/plots/metrics/train_loss.tsv",
+            "features": tmp / "features.json",
+            "predictions": tmp / "predictions.out",
+            "curves": tmp / "curves.out",
+            "metrics": tmp / "metrics.out",
+        },
+        tmp / "plots",
+    )
+    assert len(written) == 4
+    raw_params["plot"]["feature"] = 2  # colour is not a numeric feature: only flag and x are
+    (tmp / "params.yaml").write_text(json.dumps(raw_params))
+    with pytest.raises(Exception, match=r"is not a numeric feature .* flag, x\)"):
+        validate.run(tmp / "params.yaml", tmp / "ok")

@@ -654,8 +654,9 @@ def test_validate_checks_the_table_before_dvc_removes_anything(workdir, raw_para
     with pytest.raises(ConfigError) as err:
         validate.run(Path("params.yaml"), Path("ok"))
     assert str(err.value) == (
-        "plot.feature = 2 is not a feature of t.csv: allowed 0..1 (its 2 features: ['a', 'b']); "
-        "choose the one plots/fit.png draws against the target, e.g. -S plot.feature=0"
+        "plot.feature = 2 is not a numeric feature of t.csv: allowed 0..1 (its 2 numeric "
+        "features: a, b); choose the one plots/fit.png draws against the target, e.g. "
+        "-S plot.feature=0"
     )
     raw_params["plot"]["feature"] = 0
     for table, says in (

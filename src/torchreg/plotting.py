@@ -63,17 +63,24 @@ def fit_figure(
         ax.set(xlabel=f"feature {label}", title=title)
         ax.title.set_fontsize(10)
     raw.set_ylabel(target)
-    partial.set_ylabel("y minus the other features' fitted part")
+    partial.set_ylabel(f"{target} minus the other features' fitted part")
     partial.legend(loc="upper left", frameon=False)
     others = "0" if "truth" in curve else "their training mean"
-    title = f"Fit along feature {label} (lines: other features at {others})\n{subtitle}"
+    lines = "lines" if "truth" in curve else "line"
+    title = f"Fit along feature {label} ({lines}: other features at {others})\n{subtitle}"
     fig.suptitle(title, fontsize=11)
     return fig
 
 
 def loss_figure(
-    steps: list[float], loss: list[float], loss_name: str, floor: float, val: dict | None = None
+    steps: list[float],
+    loss: list[float],
+    loss_name: str,
+    floor: float,
+    val: dict | None = None,
+    scaled: bool = False,
 ) -> plt.Figure:
+    """The loss per epoch; `scaled`: a table's, on its standardised target."""
     fig, ax = plt.subplots()
     epochs = [s + 1 for s in steps]
     ax.plot(epochs, loss, color=MODEL, lw=1.5, label=f"training {loss_name} (epoch mean)")
@@ -84,25 +91,30 @@ def loss_figure(
         ax.axhline(floor, color=TRUTH, ls="--", lw=1, label=f"noise floor {floor:.4g}")
     ax.set_yscale("log")
     title = "Training loss" if val is None else "Training and validation loss"
-    ax.set(xlabel="epoch", ylabel=f"{loss_name} (log scale)", title=title)
+    unit = ", standardised target" if scaled else ""
+    ax.set(xlabel="epoch", ylabel=f"{loss_name}{unit} (log scale)", title=title)
     ax.legend(loc="best", frameon=False)
     return fig
 
 
-def predicted_figure(pred: dict, subtitle: str) -> plt.Figure:
+def predicted_figure(pred: dict, subtitle: str, target: str = "y") -> plt.Figure:
     fig, ax = plt.subplots(figsize=(5.6, 5.2))
     actual, predicted = pred["actual"], pred["predicted"]
     lo, hi = min(actual + predicted), max(actual + predicted)
     ax.plot([lo, hi], [lo, hi], "--", color=TRUTH, lw=1, label="perfect prediction")
     ax.scatter(actual, predicted, s=8, alpha=0.5, color=DATA, label="test rows")
-    ax.set(xlabel="actual y", ylabel="predicted y", title=f"Predicted vs actual\n{subtitle}")
+    ax.set(
+        xlabel=f"actual {target}",
+        ylabel=f"predicted {target}",
+        title=f"Predicted vs actual\n{subtitle}",
+    )
     ax.title.set_fontsize(9)
     ax.set_aspect("equal", adjustable="datalim")
     ax.legend(loc="upper left", frameon=False)
     return fig
 
 
-def residual_figure(pred: dict, floor: float) -> plt.Figure:
+def residual_figure(pred: dict, floor: float, target: str = "y") -> plt.Figure:
     """Residuals against the prediction and their distribution, with the noise floor drawn as
     +-floor (the mean |noise|: a perfect model's mean |residual|) and, on the histogram, the
     N(0, noise_std) curve a perfect model's residuals would follow."""
@@ -110,7 +122,9 @@ def residual_figure(pred: dict, floor: float) -> plt.Figure:
     residual = pred["residual"]
     left.scatter(pred["predicted"], residual, s=8, alpha=0.5, color=DATA, lw=0)
     left.axhline(0, color=TRUTH, lw=1)
-    left.set(xlabel="predicted y", ylabel="residual (actual - predicted)", title="Residuals")
+    left.set(
+        xlabel=f"predicted {target}", ylabel="residual (actual - predicted)", title="Residuals"
+    )
     # Sturges' rule sizes the bins from the row count: 25 fixed bins over 1000 rows look ragged.
     edges = np.histogram_bin_edges(residual, bins="sturges")
     right.hist(residual, bins=edges, color=DATA, alpha=0.8, orientation="horizontal")

@@ -173,6 +173,18 @@ class Table:
         self.codes: dict[str, dict[str, int]] = {c: {} for c in self.categorical}
         self.hashes: dict[str, list[int]] = {c: [] for c in self.categorical}
 
+    @property
+    def numeric_features(self) -> list[str]:
+        """The features that are numbers (booleans too), in order: what plot.feature counts.
+        Known from the header alone (a text column is never one)."""
+        return [
+            c
+            for c in self.features
+            if c not in self.categorical
+            and c not in self.candidates
+            and not is_text(self.schema.field(c).type)
+        ]
+
     def settle(self) -> None:
         """Decide the candidate text columns (data.table.features empty): a column is a
         feature when it has at least 2 and at most data.table.max_categories distinct values,
