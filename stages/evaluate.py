@@ -98,8 +98,9 @@ def run(
         metrics["data"] = {k: prepared.get(k) for k in ("rows", "dropped_rows")}
     # Write the tables first and the metrics last: a complete metrics file marks a complete run.
     sample = torch.from_numpy(test.read(0, SAMPLE_ROWS))
-    write_tsv(out["predictions"], *prediction_rows(model, sample, units))
-    write_tsv(out["curves"], *curve_rows(model, truth, sample, units))
+    table = units is not None  # in a table's units, of any size: significant digits
+    write_tsv(out["predictions"], *prediction_rows(model, sample, units), significant=table)
+    write_tsv(out["curves"], *curve_rows(model, truth, sample, units), significant=table)
     write_json(out["metrics"], metrics)
     if truth is not None:
         log.info(

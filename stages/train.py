@@ -68,8 +68,10 @@ def run(
         check_outputs(model_path, live_dir)
     data = DataFile(data_path)
     features = read_features(features_path, data.n_features) if features_path else None
-    # train.* `auto`: the tutorial's values, or a table's (features.json says which source).
-    params = params.resolved("synthetic" if features is None else "table", data.rows)
+    # train.* `auto`: a table's values where its target is standardised (features.json says),
+    # else the tutorial's.
+    scaled = target_scale(features) is not None
+    params = params.resolved("table" if scaled else "synthetic", data.rows)
     cfg = params.train
     validation = None
     if val_path is not None:

@@ -306,3 +306,69 @@ def test_plot_feature_counts_the_numeric_features(tmp_path, raw_params):
     (tmp / "params.yaml").write_text(json.dumps(raw_params))
     with pytest.raises(Exception, match=r"is not a numeric feature .* flag, x\)"):
         validate.run(tmp / "params.yaml", tmp / "ok")
+
+
+def test_a_category_as_a_number_is_the_same_from_csv_and_parquet(tmp_path, raw_params):
+    """A column of numbers named in data.table.categorical: 1, 1.0 and 01 are one category
+    (`1`), from a CSV or a Parquet file alike, and predict reads `1.0` as it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    codes = rng.choice([1.0, 2.0, 3.5], 300)
+    x = np.round(rng.normal(size=300), 3)
+    y = np.round(10 * x + codes * 3 + rng.normal(size=300) * 0.1, 3)
+    cells = {1.0: ["1", "1.0", "01"], 2.0: ["2"], 3.5: ["3.5"]}
+    rows = enumerate(zip(codes, x, y, strict=True))
+    lines = [f"{cells[c][i % len(cells[c])]},{a},{b}" for i, (c, a, b) in rows]
+    records = {}
+    for name, write in (
+        ("c", lambda p: p.write_text("code,x,y\n" + "\n".join(lines) + "\n")),
+        ("p", lambda p: pq.write_table(pa.table({"code": codes, "x": x, "y": y}), p)),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        path = folder / ("t.csv" if name == "c" else "t.parquet")
+        write(path)
+        raw = json.loads(json.dumps(raw_params))
+        raw["data"]["source"] = "table"
+        raw["data"]["table"].update({"path": str(path), "target": "y", "categorical": ["code"]})
+        out = {s: folder / f"{s}.npy" for s in ("train", "val", "test")}
+        prepare.run(parse_params(raw).data, out, folder / "features.json")
+        records[name] = (folder / "features.json").read_bytes().replace(b"t.csv", b"t.parquet")
+        assert json.loads(records[name])["categories"] == {"code": ["1", "2", "3.5"]}
+        assert [(folder / f"{s}.npy").read_bytes() for s in out] == [
+            (tmp_path / "c" / f"{s}.npy").read_bytes() for s in out
+        ]
+    assert records["c"] == records["p"]
+
+
+def test_predict_reads_missing_cells_and_number_categories_as_prepare_does():
+    import pyarrow.csv as pcsv
+
+    from torchreg.predict import MISSING, _category
+
+    assert set(pcsv.ConvertOptions().null_values) == MISSING
+    known = {"1": 0, "2": 1, "3.5": 2}
+    assert [_category(c, known) for c in ("1.0", "01", " 2 ", "3.50", "NA", "")] == [
+        "1",
+        "1",
+        "2",
+        "3.5",
+        None,
+        None,
+    ]
+    assert _category("true", {"0": 0, "1": 1}) == "1"
+    assert _category("Adelie", {"Adelie": 0}) == "Adelie"
+
+
+def test_one_category_on_the_training_split_is_named_with_its_column(tmp_path, raw_params):
+    rows = "".join(f"a,{i},{2 * i + 1}\n" for i in range(60))
+    (tmp_path / "t.csv").write_text("cat,x,y\n" + rows)
+    raw_params["data"]["source"] = "table"
+    raw_params["data"]["table"].update(
+        {"path": str(tmp_path / "t.csv"), "target": "y", "categorical": ["cat"]}
+    )
+    out = {s: tmp_path / f"{s}.npy" for s in ("train", "val", "test")}
+    with pytest.raises(DataError, match=r"column 'cat' has one category on the training split"):
+        prepare.run(parse_params(raw_params).data, out, tmp_path / "features.json")

@@ -720,3 +720,18 @@ def test_decimal_commas_are_named(workdir, raw_params, capsys):
 def test_a_tab_delimiter_can_be_written_as_backslash_t(workdir, raw_params, given):
     record = prepared(raw_params, "t.tsv", csv(numbers(40), sep="\t"), delimiter=given)
     assert record["features"] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [("1,a,2,9", "a row with another number of cells"), ("1,caf\xe9,2", "not UTF-8 text")],
+    ids=["ragged", "latin-1"],
+)
+def test_a_late_problem_in_a_text_column_is_one_line(workdir, raw_params, capsys, bad, says):
+    """features: [] reads the text columns once to count their values (Table.settle): a row
+    past the first block that is not a row of the table is told as the main read tells it."""
+    rows = BLOCK_BYTES // 12 + 1000
+    body = "".join(f"{i},{'ab'[i % 2]},{i % 7}.5\n" for i in range(rows))
+    content = ("a,kind,y\n" + body).encode() + bad.encode("latin-1") + b"\n"
+    line = refused(capsys, raw_params, "t.csv", content)
+    assert says in line, line

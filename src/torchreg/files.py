@@ -270,16 +270,28 @@ def write_json(path: str | Path, obj: object) -> None:
     write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def write_tsv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[float]]) -> None:
-    """Write a table a row at a time (memory stays at one row, however wide the table)."""
+def write_tsv(
+    path: str | Path,
+    header: Sequence[str],
+    rows: Iterable[Sequence[float]],
+    significant: bool = False,
+) -> None:
+    """Write a table a row at a time (memory stays at one row, however wide the table).
+    Floats are rounded to 7 decimals, or with `significant` to 8 significant digits (a
+    table's own units may be 1e-30 or 1e30)."""
+    fmt = _significant if significant else _fmt
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
         f.write("\t".join(header) + "\n")
         for row in rows:
-            f.write("\t".join(_fmt(v) for v in row) + "\n")
+            f.write("\t".join(fmt(v) for v in row) + "\n")
 
 
 def _fmt(value: float) -> str:
     return repr(round(float(value), 7)) if isinstance(value, float) else str(value)
+
+
+def _significant(value: float) -> str:
+    return repr(float(f"{value:.8g}")) if isinstance(value, float) else str(value)
 
 
 # A table row or a line of predict's input longer than this is not one: a file with no line

@@ -38,7 +38,7 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from torchreg.data.table import is_number, parse_number
+from torchreg.data.table import category_text, is_number, parse_number
 from torchreg.errors import DataError, shown
 from torchreg.evaluation import predict
 from torchreg.files import atomic_path, check_writable, open_input
@@ -220,9 +220,10 @@ class RowReader:
             for name, k in zip(names, self.index, strict=True):
                 if name in self.categories:
                     known = self.categories[name]
-                    if row[k] in known:
-                        values[i, j + known[row[k]]] = 1.0
-                    elif not row[k] or not self.unseen_as_zeros:
+                    text = _category(row[k], known)
+                    if text in known:
+                        values[i, j + known[text]] = 1.0
+                    elif text is None or not self.unseen_as_zeros:
                         raise self._unseen(where, name, row[k], list(known))
                     j += len(known)
                     continue
@@ -249,8 +250,9 @@ class RowReader:
         return [_csv_row([c.strip() for c in row]) for row in batch], values.astype(np.float32)
 
     def _unseen(self, where: str, column: str, cell: str, known: list[str]) -> DataError:
-        if not cell:
-            return DataError(f"{where}, column {shown(column, 40)} is empty")
+        if _category(cell, {}) is None:
+            what = "is empty" if not cell.strip() else f"holds {shown(cell, 40)}, a missing value"
+            return DataError(f"{where}, column {shown(column, 40)} {what}")
         return DataError(
             f"{where}, column {shown(column, 40)}: {shown(cell, 40)} is not a category the "
             f"model was trained on ({shown(known, 120)}); --unseen zeros predicts such a row "
@@ -281,6 +283,48 @@ class RowReader:
                 f"{where} has a value beyond the model's float32 range (+-{FLOAT32_MAX:.4g}): {row}"
             )
         return ",".join(cells), parsed
+
+
+# The cells the table reader takes for a missing value: Arrow's CSV parser's default
+# null_values (a test checks that they are its list).
+MISSING = frozenset(
+    [
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "n/a",
+        "nan",
+        "null",
+    ]
+)
+
+
+def _category(cell: str, known: dict[str, int]) -> str | None:
+    """A categorical cell's category as prepare read it: the text itself, a number's
+    canonical text (a column of numbers: 1.0 is 1), true/false as 1/0; None for a cell the
+    reader takes for missing (`NA`, `null`, empty)."""
+    if cell in known:
+        return cell
+    if cell in MISSING:
+        return None
+    stripped = cell.strip()
+    if stripped in BOOLEANS:
+        return category_text(BOOLEANS[stripped])
+    try:
+        return category_text(parse_number(stripped))
+    except ValueError:
+        return cell
 
 
 def _csv_row(cells: list[str]) -> str:

@@ -175,6 +175,14 @@ def prepare_table(cfg: DataConfig, out: dict[str, Path], features_path: Path) ->
                     "predict"
                 )
             constant = [n for n, s in zip(result.features, result.std, strict=True) if s == 0]
+            if constant and constant[0] in encode.column_of:
+                column = encode.column_of[constant[0]]
+                raise DataError(
+                    f"{table.name}: column {shown(column, 40)} has one category on the training "
+                    f"split ({shown(encode.categories[column][0], 40)}): it cannot tell rows "
+                    "apart; leave it out (data.table.exclude, or name the features in "
+                    "data.table.features)"
+                )
             if constant:
                 raise DataError(
                     f"{table.name}: feature {shown(constant[0], 40)} is constant on the training "
@@ -213,6 +221,7 @@ class OneHot:
         self.categories: dict[str, list[str]] = {}
         self.lookup: dict[int, np.ndarray] = {}  # position -> code -> one-hot column or -1
         self.unseen: dict[str, int] = {}
+        self.column_of: dict[str, str] = {}  # a one-hot input's categorical column
         present = {j: set() for j, c in enumerate(table.features) if c in table.categorical}
         if present:
             for chunk in _chunks(train, self.columns):
@@ -229,6 +238,7 @@ class OneHot:
                 lookup[table.codes[name][text]] = k
             self.lookup[j] = lookup
             self.names += [f"{name}={text}" for text in texts]
+            self.column_of |= {f"{name}={text}": name for text in texts}
 
     def chunks(self, path: Path, split: str = "") -> Iterator[np.ndarray]:
         """The rows of a scratch file, CHUNK_ROWS at a time, as the model's inputs; the rows

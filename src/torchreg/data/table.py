@@ -64,6 +64,15 @@ def is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
+def category_text(value: float | int | bool) -> str:
+    """The category a number stands for, the same from any file: its shortest float64 text,
+    without a trailing `.0` (1, 1.0 and 01 are `1`; 3.5 is `3.5`). predict reads a number
+    in a categorical column so too."""
+    number = float(value)
+    text = repr(number)
+    return text[:-2] if text.endswith(".0") else text
+
+
 def text_hash(text: str) -> int:
     """A category's part in a row's hash (split.row_hash): 64 bits of BLAKE2b of its UTF-8."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
@@ -196,7 +205,7 @@ class Table:
         limit, rows = self.cfg.max_categories, 0
         seen: dict[str, set[str]] = {c: set() for c in self.candidates}
         with self._open() as f, _arrow_file(f) as source:
-            for batch in self._read_csv_or_parquet(source, self.candidates, pa.string()):
+            for batch in self._checked(self._read_csv_or_parquet(source, self.candidates)):
                 rows += batch.num_rows
                 for name in list(seen):
                     values = pc.unique(batch.column(name).cast(pa.string())).drop_null()
@@ -221,8 +230,22 @@ class Table:
                 f"{shown(self.cfg.target, 40)}: name the features in data.table.features"
             )
 
+    def _checked(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """`batches`, with a problem past the first block (a row of another length, a cell
+        that is not UTF-8) told in one line, as the main read tells it."""
+        try:
+            yield from batches
+        except (pa.ArrowException, OSError) as exc:
+            if "invalid UTF8" in str(exc) or "UTF-8" in str(exc):
+                raise DataError(
+                    f"{self.name}: not UTF-8 text ({first_line(exc)}): {NOT_UTF8}"
+                ) from None
+            if self.parquet:
+                raise DataError(f"{self.name}: cannot be read ({first_line(exc)})") from None
+            raise self._csv_error(exc) from None
+
     def _read_csv_or_parquet(
-        self, source: pa.NativeFile, columns: list[str], text: pa.DataType
+        self, source: pa.NativeFile, columns: list[str]
     ) -> Iterator[pa.RecordBatch]:
         if self.parquet:
             parquet = pq.ParquetFile(source)
@@ -234,7 +257,7 @@ class Table:
         options = self._csv_options()
         options["convert_options"] = pcsv.ConvertOptions(
             include_columns=columns,
-            column_types=dict.fromkeys(columns, text),
+            column_types=dict.fromkeys(columns, pa.string()),
             strings_can_be_null=True,
         )
         yield from pcsv.open_csv(source, **options)
@@ -315,7 +338,7 @@ class Table:
             kinds = dict.fromkeys(columns, types)
         if columns and types == pa.float64():  # booleans stay booleans, categories text
             for name in columns:
-                if name in self.categorical:
+                if name in self.categorical and not is_numeric(self.schema.field(name).type):
                     kinds[name] = pa.string()
                 elif pa.types.is_boolean(self.schema.field(name).type):
                     kinds[name] = pa.bool_()
@@ -405,7 +428,7 @@ class Table:
                 bad = [
                     (_first_bad(c, self._kind(name)), name)
                     for name, c in zip(batch.schema.names, batch.columns, strict=True)
-                    if name not in self.categorical
+                    if name not in self.categorical or is_numeric(self.schema.field(name).type)
                 ]
                 bad = [(i, name) for i, name in bad if i is not None]
                 if bad:
@@ -437,7 +460,13 @@ class Table:
     def _codes(self, name: str, column: pa.Array) -> np.ndarray:
         """A categorical column's codes (float64, NaN where a cell is missing), new texts
         getting the next codes."""
-        text = column.cast(pa.string())
+        if is_numeric(column.type):  # codes: one text per number, from a CSV or a Parquet file
+            text = pa.array(
+                [None if v is None else category_text(v) for v in column.to_pylist()],
+                pa.string(),
+            )
+        else:
+            text = column.cast(pa.string())
         # An empty text is a missing cell, as in a CSV (a Parquet file can hold one).
         encoded = pc.dictionary_encode(pc.if_else(pc.equal(text, ""), None, text))
         codes, texts = self.codes[name], self.texts[name]
