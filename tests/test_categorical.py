@@ -372,3 +372,18 @@ def test_one_category_on_the_training_split_is_named_with_its_column(tmp_path, r
     out = {s: tmp_path / f"{s}.npy" for s in ("train", "val", "test")}
     with pytest.raises(DataError, match=r"column 'cat' has one category on the training split"):
         prepare.run(parse_params(raw_params).data, out, tmp_path / "features.json")
+
+
+def test_more_model_inputs_than_allowed_are_refused_before_writing(tmp_path, raw_params):
+    from torchreg.config import MAX_FEATURES
+
+    rows = "".join(f"c{i},{i % 7},{i % 5}.5\n" for i in range(2 * MAX_FEATURES))
+    (tmp_path / "t.csv").write_text("code,x,y\n" + rows)
+    raw_params["data"]["source"] = "table"
+    raw_params["data"]["table"].update(
+        {"path": str(tmp_path / "t.csv"), "target": "y", "categorical": ["code"]}
+    )
+    out = {s: tmp_path / f"{s}.npy" for s in ("train", "val", "test")}
+    with pytest.raises(DataError, match=r"model inputs, over the 4096 allowed \(column 'code'"):
+        prepare.run(parse_params(raw_params).data, out, tmp_path / "features.json")
+    assert not any(p.exists() for p in out.values())

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchreg.config import DataConfig
+from torchreg.config import MAX_FEATURES, DataConfig
 from torchreg.data.datafile import CHUNK_ROWS, write_rows
 from torchreg.data.synthetic import stream_seed
 from torchreg.data.table import MAX_NAMED_ROWS, Table
@@ -164,6 +164,13 @@ def prepare_table(cfg: DataConfig, out: dict[str, Path], features_path: Path) ->
             for name, texts in encode.categories.items():
                 log.info("%s: %s one-hot: %s", table.name, name, ", ".join(texts))
         width = len(result.features) + 1
+        if width - 1 > MAX_FEATURES:
+            many = max(encode.categories.items(), key=lambda c: len(c[1]), default=("", []))
+            raise DataError(
+                f"{table.name}: {width - 1} model inputs, over the {MAX_FEATURES} allowed (column "
+                f"{shown(many[0], 40)} alone has {len(many[1])} categories): leave such a "
+                "column out (data.table.exclude), or name fewer in data.table.categorical"
+            )
         if t.standardize:
             mean, std = _moments(lambda: encode.chunks(raw["train"]), width)
             result.mean, result.std = mean[:-1], std[:-1]
