@@ -32,7 +32,6 @@ from torchreg.environment import ENVIRONMENT_FILE
 from torchreg.errors import DataError
 from torchreg.evaluation import (
     SAMPLE_ROWS,
-    Units,
     curve_rows,
     evaluate,
     in_table_units,
@@ -41,7 +40,7 @@ from torchreg.evaluation import (
     rounded,
 )
 from torchreg.files import check_writable, read_json, write_json, write_tsv
-from torchreg.model import TRAIN_HINT, load_model
+from torchreg.model import TRAIN_HINT, Units, load_model
 
 log = logging.getLogger("evaluate")
 

@@ -33,7 +33,7 @@ from torchreg.config import Params, load_params
 from torchreg.context import RunContext, joined, launch, under_torchrun
 from torchreg.data import GENERATE_HINT, DataFile
 from torchreg.environment import ENVIRONMENT_FILE
-from torchreg.model import build_model, read_features, save_model, target_scale
+from torchreg.model import Units, build_model, read_features, save_model
 from torchreg.tracking import LiveLog, Progress
 from torchreg.training import (
     Validation,
@@ -70,8 +70,8 @@ def run(
     features = read_features(features_path, data.n_features) if features_path else None
     # train.* `auto`: a table's values where its target is standardised (features.json says),
     # else the tutorial's.
-    scaled = target_scale(features) is not None
-    params = params.resolved("table" if scaled else "synthetic", data.rows)
+    units = Units.of(features)
+    params = params.resolved("synthetic" if units is None else "table", data.rows)
     cfg = params.train
     validation = None
     if val_path is not None:
@@ -88,10 +88,9 @@ def run(
     if not ctx.is_writer:
         return train(on_epoch=())
     log.info(describe(params, data.rows, ctx))
-    scale = target_scale(features)
-    if scale is not None:
+    if units is not None:
         log.info(
-            "the losses are on the standardised target (x %.7g in the table's units)", scale[1]
+            "the losses are on the standardised target (x %.7g in the table's units)", units.y_std
         )
     done = [] if resume is None else resume["history"].tolist()
     if done:

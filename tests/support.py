@@ -78,6 +78,16 @@ def subprocess_env(
     return {**env, "PYTHONPATH": str(pythonpath), **extra}
 
 
+def load_stage(name: str):
+    """A stage script (stages/<name>.py) imported as a module, to call its run()."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_stage", ROOT / f"stages/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
     """Run dvc, git or any command in cwd; with check, a failure shows its output."""
     kw.setdefault("capture_output", True)

@@ -4,16 +4,16 @@ in the model file, in the split's hash), the target's standardisation (the defau
 converge; metrics and predictions in the table's units), the exact reference and the warning
 when a model is far from it, and train's `auto` values."""
 
-import importlib.util
 import io
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from support import ROOT
+from support import ROOT, load_stage
 from torchreg.config import TABLE_STEPS, parse_params
 from torchreg.context import RunContext
 from torchreg.errors import DataError
@@ -21,15 +21,7 @@ from torchreg.model import load_model
 from torchreg.predict import RowReader
 from torchreg.predict import run as predict_run
 
-
-def stage(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_stage", ROOT / f"stages/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare, train, evaluate = stage("prepare"), stage("train"), stage("evaluate")
+prepare, train, evaluate = load_stage("prepare"), load_stage("train"), load_stage("evaluate")
 COLOURS = {"red": 0.0, "green": 800.0, "blue": -500.0}
 
 
@@ -47,17 +39,24 @@ def table(n: int = 300, seed: int = 0, start: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def prepared(tmp_path, raw_params, text: str, **table) -> dict[str, Path]:
+    """prepare on `text` (written to tmp_path/t.csv, target y) with data.table `table`
+    changes; the split files."""
+    (tmp_path / "t.csv").write_text(text)
+    raw_params["data"]["source"] = "table"
+    raw_params["data"]["table"].update({"path": str(tmp_path / "t.csv"), "target": "y", **table})
+    out = {split: tmp_path / f"{split}.npy" for split in ("train", "val", "test")}
+    prepare.run(parse_params(raw_params).data, out, tmp_path / "features.json")
+    return out
+
+
 def fitted(tmp_path, raw_params, text: str, **train_changes):
     """prepare, train and evaluate on `text` with the defaults but `train_changes`; returns
     (the split files, features.json's record, the model path, the metrics)."""
-    (tmp_path / "t.csv").write_text(text)
-    raw_params["data"]["source"] = "table"
-    raw_params["data"]["table"].update({"path": str(tmp_path / "t.csv"), "target": "y"})
     raw_params["train"].update(train_changes)
+    out = prepared(tmp_path, raw_params, text)
     params = parse_params(raw_params)
-    out = {split: tmp_path / f"{split}.npy" for split in ("train", "val", "test")}
     features = tmp_path / "features.json"
-    prepare.run(params.data, out, features)
     model = tmp_path / "model.safetensors"
     ctx = RunContext(torch.device("cpu"))
     train.run(params, ctx, out["train"], model, tmp_path / "live", None, out["val"], features)
@@ -283,7 +282,7 @@ def test_the_exact_lad_fit_of_fewer_rows_than_columns_is_the_minimum_norm_one():
 def test_plot_feature_counts_the_numeric_features(tmp_path, raw_params):
     """With categories, plot.feature is the n-th numeric feature (x here, the 2nd after flag),
     in validate and in plot alike, never a one-hot input."""
-    validate, plot = stage("validate"), stage("plot")
+    validate, plot = load_stage("validate"), load_stage("plot")
     tmp = tmp_path
     raw_params["plot"]["feature"] = 1
     out, record, _, _ = fitted(tmp, raw_params, table(), epochs=2)
@@ -364,26 +363,14 @@ def test_predict_reads_missing_cells_and_number_categories_as_prepare_does():
 
 def test_one_category_on_the_training_split_is_named_with_its_column(tmp_path, raw_params):
     rows = "".join(f"a,{i},{2 * i + 1}\n" for i in range(60))
-    (tmp_path / "t.csv").write_text("cat,x,y\n" + rows)
-    raw_params["data"]["source"] = "table"
-    raw_params["data"]["table"].update(
-        {"path": str(tmp_path / "t.csv"), "target": "y", "categorical": ["cat"]}
-    )
-    out = {s: tmp_path / f"{s}.npy" for s in ("train", "val", "test")}
     with pytest.raises(DataError, match=r"column 'cat' has one category on the training split"):
-        prepare.run(parse_params(raw_params).data, out, tmp_path / "features.json")
+        prepared(tmp_path, raw_params, "cat,x,y\n" + rows, categorical=["cat"])
 
 
 def test_more_model_inputs_than_allowed_are_refused_before_writing(tmp_path, raw_params):
     from torchreg.config import MAX_FEATURES
 
     rows = "".join(f"c{i},{i % 7},{i % 5}.5\n" for i in range(2 * MAX_FEATURES))
-    (tmp_path / "t.csv").write_text("code,x,y\n" + rows)
-    raw_params["data"]["source"] = "table"
-    raw_params["data"]["table"].update(
-        {"path": str(tmp_path / "t.csv"), "target": "y", "categorical": ["code"]}
-    )
-    out = {s: tmp_path / f"{s}.npy" for s in ("train", "val", "test")}
     with pytest.raises(DataError, match=r"model inputs, over the 4096 allowed \(column 'code'"):
-        prepare.run(parse_params(raw_params).data, out, tmp_path / "features.json")
-    assert not any(p.exists() for p in out.values())
+        prepared(tmp_path, raw_params, "code,x,y\n" + rows, categorical=["code"])
+    assert not any(p.exists() for p in tmp_path.glob("*.npy"))

@@ -3,7 +3,6 @@ exact least-absolute-deviations fit of the same training split, by linear progra
 HiGHS). The pipeline's test MAE must be as good as the oracle's, and evaluate's own reference
 (reference.minimizer_test_mae, by iterations) must agree with it."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -11,20 +10,12 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
-from support import ROOT
+from support import ROOT, load_stage
 from torchreg.config import parse_params
 from torchreg.context import RunContext
 from torchreg.model import load_model
 
-
-def stage(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_stage", ROOT / f"stages/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare, train, evaluate = stage("prepare"), stage("train"), stage("evaluate")
+prepare, train, evaluate = load_stage("prepare"), load_stage("train"), load_stage("evaluate")
 
 TABLES = {
     # table: (target, data.table changes, the oracle's test MAE with data.seed 0, to 4 digits;

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -22,7 +21,7 @@ from torchreg import parallel
 from torchreg.config import DataConfig, noise_floor_mae
 from torchreg.data import CHUNK_ROWS, DataFile, as_rows, true_function
 from torchreg.errors import DataError
-from torchreg.model import LinearRegression
+from torchreg.model import LinearRegression, Units
 from torchreg.training import HUBER_DELTA, LOSSES
 
 log = logging.getLogger(__name__)
@@ -228,34 +227,6 @@ def minimizer_fit(rows: Rows, loss: str) -> tuple[LinearRegression, bool]:
         n,
     )
     return _as_model(wb), False
-
-
-@dataclass(frozen=True)
-class Units:
-    """A table's way back from the standardised values the model sees to its own units: a
-    stored value v is `mean + std * v` (features: per column; the target: one pair)."""
-
-    x_mean: tuple[float, ...]
-    x_std: tuple[float, ...]
-    y_mean: float
-    y_std: float
-
-    @classmethod
-    def of(cls, record: dict | None) -> Units | None:
-        """From prepare's features.json (or a model file's features); None where the target
-        was not standardised (synthetic data, data.table.standardize: false)."""
-        scale = (record or {}).get("standardize") or {}
-        if scale.get("target_std") is None:
-            return None
-        return cls(
-            tuple(scale["mean"]), tuple(scale["std"]), scale["target_mean"], scale["target_std"]
-        )
-
-    def x(self, j: int, values: torch.Tensor) -> torch.Tensor:
-        return values.double() * self.x_std[j] + self.x_mean[j]
-
-    def y(self, values: torch.Tensor) -> torch.Tensor:
-        return values.double() * self.y_std + self.y_mean
 
 
 # The exact least-absolute-deviations fit (a linear program, solved by HiGHS through SciPy)

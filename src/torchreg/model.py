@@ -11,6 +11,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -218,14 +219,32 @@ def _layout_problem(features: dict, names: list[str]) -> str | None:
     return None
 
 
-def target_scale(features: dict | None) -> tuple[float, float] | None:
-    """(mean, std) of the target a model was trained on, in the table's units: its predictions
-    are `mean + std * output`. None where the target was not scaled (synthetic data, a table
-    with data.table.standardize: false, a model file of an older version)."""
-    scale = (features or {}).get("standardize") or {}
-    if scale.get("target_std") is None:
-        return None
-    return float(scale["target_mean"]), float(scale["target_std"])
+@dataclass(frozen=True)
+class Units:
+    """A table's way back from the standardised values the model sees to its own units: a
+    stored value v is `mean + std * v` (features: per column; the target: one pair)."""
+
+    x_mean: tuple[float, ...]
+    x_std: tuple[float, ...]
+    y_mean: float
+    y_std: float
+
+    @classmethod
+    def of(cls, record: dict | None) -> Units | None:
+        """From prepare's features.json (or a model file's features); None where the target
+        was not standardised (synthetic data, data.table.standardize: false)."""
+        scale = (record or {}).get("standardize") or {}
+        if scale.get("target_std") is None:
+            return None
+        return cls(
+            tuple(scale["mean"]), tuple(scale["std"]), scale["target_mean"], scale["target_std"]
+        )
+
+    def x(self, j: int, values: torch.Tensor) -> torch.Tensor:
+        return values.double() * self.x_std[j] + self.x_mean[j]
+
+    def y(self, values: torch.Tensor) -> torch.Tensor:
+        return values.double() * self.y_std + self.y_mean
 
 
 def write_sealed(path: str | Path, tensors: Mapping[str, torch.Tensor], header: dict) -> None:

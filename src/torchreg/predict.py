@@ -42,7 +42,7 @@ from torchreg.data.table import category_text, is_number, parse_number
 from torchreg.errors import DataError, shown
 from torchreg.evaluation import predict
 from torchreg.files import atomic_path, check_writable, open_input
-from torchreg.model import TRAIN_HINT, input_layout, load_model, target_scale
+from torchreg.model import TRAIN_HINT, Units, input_layout, load_model
 
 DEFAULT_MODEL = Path("models/model.safetensors")
 STDIO = Path("-")
@@ -436,11 +436,11 @@ def _drop_stdout() -> None:
 
 def _predict_into(out: TextIO, reader: RowReader, model: torch.nn.Module) -> int:
     rows = 0
-    scale = target_scale(getattr(model, "features", None))
+    units = Units.of(getattr(model, "features", None))
     for texts, x in reader.chunks():
         predicted = predict(model, x)
-        if scale is not None:  # back to the table's units, in float64
-            predicted = predicted.double() * scale[1] + scale[0]
+        if units is not None:  # back to the table's units, in float64
+            predicted = units.y(predicted)
         finite = torch.isfinite(predicted)
         if not bool(finite.all()):
             i = int((~finite).nonzero()[0])
